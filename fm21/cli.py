@@ -1,0 +1,115 @@
+"""`fm21 ...`: the command line. Every command takes --config/--recipe/--set."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from typing import Annotated, Optional
+
+import typer
+
+from fm21.config import ConfigError, FlowConfig, dump_config, load_config
+from fm21.store.layout import STAGES
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
+config_app = typer.Typer(no_args_is_help=True, help="Inspect the configuration.")
+app.add_typer(config_app, name="config")
+
+FLOWS = ("end_to_end", "build_dataset", "pretrain", "evaluate")
+
+
+class State:
+    cfg: FlowConfig | None = None
+
+
+STATE = State()
+
+
+@app.callback()
+def main(
+    config: Annotated[Optional[str], typer.Option("--config", "-c", help="flows.yaml to load")] = None,
+    recipe: Annotated[Optional[str], typer.Option("--recipe", "-r", help="configs/<name>.yaml overlay")] = None,
+    set_: Annotated[Optional[list[str]], typer.Option("--set", "-s", help="dotted override key.path=value")] = None,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
+) -> None:
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(asctime)s %(name)s %(levelname)s %(message)s",
+        datefmt="%H:%M:%S",
+    )
+    try:
+        STATE.cfg = load_config(config, recipe=recipe, overrides=set_)
+    except ConfigError as err:
+        typer.echo(f"error: {err}", err=True)
+        raise typer.Exit(2) from None
+
+
+def _cfg() -> FlowConfig:
+    assert STATE.cfg is not None
+    return STATE.cfg
+
+
+@config_app.command("show")
+def config_show() -> None:
+    """Print the resolved configuration (flows.yaml + recipe + overrides)."""
+    typer.echo(dump_config(_cfg()), nl=False)
+
+
+@app.command()
+def stage(
+    name: Annotated[str, typer.Argument(help=" | ".join(STAGES))],
+    force: Annotated[bool, typer.Option("--force", help="run even if up to date")] = False,
+) -> None:
+    """Run one stage (skipped when its manifest matches its inputs)."""
+    from fm21.stages import run_stage
+
+    if name not in STAGES:
+        typer.echo(f"error: unknown stage {name!r}; stages: {', '.join(STAGES)}", err=True)
+        raise typer.Exit(2)
+    manifest = run_stage(_cfg(), name, force=force)
+    state = "skipped (up to date)" if manifest.get("skipped") else f"done in {manifest['seconds']}s"
+    typer.echo(f"{name}: {state}; counts: {manifest.get('counts')}")
+
+
+@app.command()
+def run(
+    flow: Annotated[str, typer.Argument(help=" | ".join(FLOWS))] = "end_to_end",
+    force: Annotated[bool, typer.Option("--force", help="re-run every stage")] = False,
+) -> None:
+    """Run a Prefect flow (a temporary local Prefect API when no server is configured)."""
+    from fm21.pipelines.flows import run_flow
+
+    if flow not in FLOWS:
+        typer.echo(f"error: unknown flow {flow!r}; flows: {', '.join(FLOWS)}", err=True)
+        raise typer.Exit(2)
+    summary = run_flow(flow, _cfg(), force=force)
+    for name, state in summary.items():
+        typer.echo(f"  {name:12s} {state}")
+
+
+@app.command()
+def stats(
+    as_json: Annotated[bool, typer.Option("--json", help="print JSON instead of a table")] = False,
+) -> None:
+    """Token-store statistics: rows, per-modality coverage, codebook usage, perplexity, bytes."""
+    from fm21.store.stats import format_stats, token_store_stats
+
+    cfg = _cfg()
+    from fm21.store.layout import Workdir
+    from pathlib import Path
+
+    uri = Workdir(Path(cfg.workdir)).tokens_uri
+    if not uri.exists():
+        typer.echo(f"error: no token store at {uri}; run `make tokens` first", err=True)
+        raise typer.Exit(1)
+    result = token_store_stats(uri)
+    if as_json:
+        import json
+
+        typer.echo(json.dumps(result, indent=2))
+    else:
+        typer.echo(format_stats(result))
+
+
+def entrypoint() -> None:  # pragma: no cover - console script shim
+    sys.exit(app())

@@ -1,0 +1,279 @@
+"""Typed configuration: flows.yaml (+ an optional recipe + dotted overrides) -> ``FlowConfig``.
+
+Every model forbids unknown keys and is frozen. A bad key or value raises
+``ConfigError`` naming the file(s) and the dotted key path, before anything is written.
+Each stage receives only its own slice (``cfg.ingest``, ``cfg.train``, ...) plus the
+small shared ``RunContext`` built by the pipeline.
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from fm21.modalities import MODALITIES, ModalitySpec, resolve_specs
+
+DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "flows.yaml"
+
+
+class ConfigError(ValueError):
+    """A configuration problem, with the file and key path in the message."""
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+# ------------------------------------------------------------------------------ shared
+class RayConfig(Strict):
+    address: str | None = None  # None: start a local Ray; "auto" or "ray://host:10001": a cluster
+    num_cpus: int | None = None  # local Ray only; None lets Ray decide
+    include_dashboard: bool = False
+
+
+class ModalitiesConfig(Strict):
+    enabled: list[str]
+    resolution: int = 224  # square crop side every image-like modality is made at
+    patch_size: int | None = None  # None keeps each spec's own (16, or 14 for DINOv2/ImageBind)
+    image_vocab_size: int | None = None  # None keeps the reference codebook sizes
+    text_vocab_size: int | None = None  # total WordPiece vocab incl. 4,284 specials; None: 30k
+
+    @field_validator("enabled")
+    @classmethod
+    def _known(cls, names: list[str]) -> list[str]:
+        unknown = [n for n in names if n not in MODALITIES]
+        if unknown:
+            raise ValueError(f"unknown modalities {unknown}; known: {list(MODALITIES)}")
+        return names
+
+
+# ------------------------------------------------------------------------------ ingest
+class SyntheticConfig(Strict):
+    num_samples: int = 1024
+    min_objects: int = 2
+    max_objects: int = 6
+
+
+class IngestConfig(Strict):
+    source: Literal["synthetic", "folder", "webdataset"] = "synthetic"
+    path: str | None = None  # folder of images, or a shard glob/brace pattern for webdataset
+    image_size: int = 256  # images are stored as square centre crops of this side
+    samples_per_shard: int = 256
+    min_side: int = 16  # smaller inputs are rejected
+    max_pixels: int = 200_000_000  # larger inputs are rejected (decompression-bomb guard)
+    seed: int = 0
+    synthetic: SyntheticConfig = SyntheticConfig()
+
+
+# ------------------------------------------------------------------------------ pseudolabel
+class SpecialistConfig(Strict):
+    enabled: bool = True
+    weights: Literal["pretrained", "path", "random", "none"] = "none"  # none: no network
+    model_id: str | None = None  # hub id or checkpoint URL (weights=pretrained)
+    path: str | None = None  # local checkpoint (weights=path)
+    batch_size: int = 32
+    num_cpus: float = 1.0
+    num_gpus: float = 0.0
+    concurrency: int = 1
+    options: dict[str, Any] = Field(default_factory=dict)  # checked by the specialist
+
+
+class PseudolabelConfig(Strict):
+    shards_per_commit: int = 1  # shards written per Lance commit (the resume granularity)
+    specialists: dict[str, SpecialistConfig]
+
+
+# ------------------------------------------------------------------------------ tokenizers
+class VQTokenizerConfig(Strict):
+    family: Literal["vqvae", "divae"] = "vqvae"
+    hidden_dim: int = 64
+    num_layers: int = 2  # residual blocks per stage
+    latent_dim: int = 32
+    steps: int = 300
+    batch_size: int = 32
+    lr: float = 1e-3
+    commitment_weight: float = 1.0
+    ema_decay: float = 0.99
+    dead_code_coef: float = 32.0
+
+
+class TextTokenizerConfig(Strict):
+    min_frequency: int = 1
+
+
+class TokenizersConfig(Strict):
+    train_samples: int = 512  # rows of labels.lance sampled for training
+    image: dict[str, VQTokenizerConfig] = Field(default_factory=dict)  # per modality
+    text: TextTokenizerConfig = TextTokenizerConfig()
+    seed: int = 0
+
+
+# ------------------------------------------------------------------------------ tokens
+class TokensConfig(Strict):
+    num_crops: int = 1  # crop 0 is the full centre crop; others RandomResizedCrop
+    min_crop_scale: float = 0.8
+    val_fraction: float = 0.1  # sample keys hashed into the validation split
+    batch_size: int = 64
+    seed: int = 0
+
+
+# ------------------------------------------------------------------------------ train
+class ModelConfig(Strict):
+    dim: int = 768
+    encoder_depth: int = 12
+    decoder_depth: int = 12
+    num_heads: int = 12
+    mlp_ratio: float = 4.0
+
+
+class MixtureComponent(Strict):
+    """One Dirichlet component: alphas per modality (missing modalities get ``default``)."""
+
+    weight: float = 1.0
+    input_alphas: dict[str, float] = Field(default_factory=dict)
+    target_alphas: dict[str, float] = Field(default_factory=dict)
+    default_input_alpha: float = 1.0
+    default_target_alpha: float = 1.0
+    keep: dict[str, Literal["random", "all", "binary"]] = Field(default_factory=dict)
+
+
+class TrainConfig(Strict):
+    model: ModelConfig = ModelConfig()
+    num_input_tokens: int = 256
+    num_target_tokens: int = 256
+    mixture: list[MixtureComponent] = Field(default_factory=lambda: [MixtureComponent()])
+    batch_size: int = 64
+    steps: int = 1000
+    lr: float = 1.6e-3
+    min_lr: float = 0.0
+    warmup_steps: int = 100
+    weight_decay: float = 0.05
+    grad_clip: float = 1.0
+    log_every: int = 10
+    checkpoint_every: int = 500
+    device: str = "cpu"
+    num_workers: int = 0
+    seed: int = 0
+
+
+# ------------------------------------------------------------------------------ evaluate
+class EvaluateConfig(Strict):
+    num_samples: int = 64
+    tasks: list[Literal["depth", "normal", "semseg"]] = ["depth", "normal", "semseg"]
+    scheme: Literal["roar", "maskgit"] = "maskgit"
+    num_steps: int = 8
+    temperature: float = 0.01
+    num_grid_samples: int = 6
+    seed: int = 0
+
+
+# ------------------------------------------------------------------------------ root
+class FlowConfig(Strict):
+    workdir: str = "work/demo"
+    seed: int = 0
+    ray: RayConfig = RayConfig()
+    modalities: ModalitiesConfig
+    ingest: IngestConfig = IngestConfig()
+    pseudolabel: PseudolabelConfig
+    tokenizers: TokenizersConfig = TokenizersConfig()
+    tokens: TokensConfig = TokensConfig()
+    train: TrainConfig = TrainConfig()
+    evaluate: EvaluateConfig = EvaluateConfig()
+
+    def specs(self) -> dict[str, ModalitySpec]:
+        """The enabled modalities at this run's scale."""
+        m = self.modalities
+        return resolve_specs(
+            m.enabled,
+            resolution=m.resolution,
+            patch_size=m.patch_size,
+            image_vocab_size=m.image_vocab_size,
+            text_vocab_size=m.text_vocab_size,
+        )
+
+
+# ------------------------------------------------------------------------------ loading
+def _deep_merge(base: dict, over: dict) -> dict:
+    out = copy.deepcopy(base)
+    for key, value in over.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _deep_merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def parse_overrides(items: list[str] | tuple[str, ...] | None) -> dict:
+    """``["train.steps=50", "ingest.path=/x"]`` -> nested dict; values parsed as YAML."""
+    tree: dict = {}
+    for item in items or ():
+        for part in item.split():
+            if "=" not in part:
+                raise ConfigError(f"override {part!r} is not of the form key.path=value")
+            key, raw = part.split("=", 1)
+            value = yaml.safe_load(raw) if raw != "" else None
+            node = tree
+            keys = key.strip().split(".")
+            for k in keys[:-1]:
+                node = node.setdefault(k, {})
+                if not isinstance(node, dict):
+                    raise ConfigError(f"override {part!r} conflicts with another override")
+            node[keys[-1]] = value
+    return tree
+
+
+def _read_yaml(path: Path) -> dict:
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except FileNotFoundError:
+        raise ConfigError(f"config file not found: {path}") from None
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: not valid YAML: {err}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: top level must be a mapping")
+    return data
+
+
+def _format_errors(err: ValidationError, sources: str) -> str:
+    lines = [f"invalid configuration ({sources}):"]
+    for e in err.errors():
+        path = ".".join(str(p) for p in e["loc"])
+        if e["type"] == "extra_forbidden":
+            lines.append(f"  unknown key '{path}'")
+        else:
+            lines.append(f"  '{path}': {e['msg']}")
+    return "\n".join(lines)
+
+
+def load_config(
+    path: str | Path | None = None,
+    *,
+    recipe: str | Path | None = None,
+    overrides: list[str] | tuple[str, ...] | None = None,
+) -> FlowConfig:
+    """flows.yaml, then the recipe (a partial YAML), then dotted overrides."""
+    path = Path(path) if path else DEFAULT_CONFIG
+    data = _read_yaml(path)
+    sources = [str(path)]
+    if recipe:
+        rpath = Path(recipe)
+        if not rpath.exists() and (DEFAULT_CONFIG.parent / "configs" / f"{recipe}.yaml").exists():
+            rpath = DEFAULT_CONFIG.parent / "configs" / f"{recipe}.yaml"
+        data = _deep_merge(data, _read_yaml(rpath))
+        sources.append(str(rpath))
+    over = parse_overrides(overrides)
+    if over:
+        data = _deep_merge(data, over)
+        sources.append("--set " + " ".join(overrides or ()))
+    try:
+        return FlowConfig.model_validate(data)
+    except ValidationError as err:
+        raise ConfigError(_format_errors(err, ", ".join(sources))) from None
+
+
+def dump_config(cfg: FlowConfig) -> str:
+    return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)

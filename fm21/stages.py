@@ -1,0 +1,134 @@
+"""The stage runner: the one place that maps a stage name to its function and decides
+whether to run it. The CLI (`fm21 stage ...`, `make <stage>`) and the Prefect tasks both
+call :func:`run_stage`, so skipping and manifests behave the same everywhere.
+
+A stage function takes only its own config slice and a small :class:`RunContext`; it
+knows nothing of Prefect. The runner computes the stage fingerprint (its slice + the
+context it depends on + upstream fingerprints); a stage whose manifest carries the same
+fingerprint is skipped unless forced.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import fm21
+from fm21.config import FlowConfig, RayConfig
+from fm21.modalities import ModalitySpec
+from fm21.store.layout import STAGES, Workdir
+from fm21.store.manifest import fingerprint_of, library_versions, read_manifest, write_json_atomic
+
+log = logging.getLogger("fm21")
+
+UPSTREAM: dict[str, tuple[str, ...]] = {
+    "ingest": (),
+    "pseudolabel": ("ingest",),
+    "tokenizers": ("pseudolabel",),
+    "tokens": ("pseudolabel", "tokenizers"),
+    "train": ("tokens",),
+    "evaluate": ("tokenizers", "tokens", "train"),
+}
+
+
+@dataclass(frozen=True)
+class RunContext:
+    """What every stage may know about the run besides its own slice."""
+
+    workdir: Workdir
+    seed: int
+    specs: dict[str, ModalitySpec]
+    ray: RayConfig
+
+    @classmethod
+    def from_config(cls, cfg: FlowConfig) -> RunContext:
+        return cls(workdir=Workdir(Path(cfg.workdir)), seed=cfg.seed, specs=cfg.specs(), ray=cfg.ray)
+
+
+def _stage_fn(name: str) -> Callable[[Any, RunContext], dict]:
+    # Imported lazily: `fm21 config show` must not pay for torch/ray imports.
+    if name == "ingest":
+        from fm21.ingest.stage import run_ingest
+
+        return lambda c, ctx: run_ingest(c, workdir=ctx.workdir, seed=ctx.seed)
+    if name == "pseudolabel":
+        from fm21.pseudolabel.job import run_pseudolabel
+
+        return run_pseudolabel
+    if name == "tokenizers":
+        from fm21.tokenize.stage import run_tokenizers
+
+        return run_tokenizers
+    if name == "tokens":
+        from fm21.tokenize.apply import run_tokens
+
+        return run_tokens
+    if name == "train":
+        from fm21.train.loop import run_train
+
+        return run_train
+    if name == "evaluate":
+        from fm21.evaluate.stage import run_evaluate
+
+        return run_evaluate
+    raise KeyError(f"unknown stage {name!r}; stages: {', '.join(STAGES)}")
+
+
+def stage_slice(cfg: FlowConfig, name: str) -> Any:
+    return getattr(cfg, name)
+
+
+def stage_fingerprint(cfg: FlowConfig, name: str) -> str:
+    workdir = Workdir(Path(cfg.workdir))
+    upstream = {}
+    for dep in UPSTREAM[name]:
+        manifest = read_manifest(workdir.manifest(dep)) or {}
+        upstream[dep] = manifest.get("fingerprint")
+    payload = {
+        "stage": name,
+        "config": stage_slice(cfg, name).model_dump(mode="json"),
+        "upstream": upstream,
+        "fm21": fm21.__version__,
+    }
+    if name != "ingest":  # ingest does not depend on the modality set
+        payload["modalities"] = cfg.modalities.model_dump(mode="json")
+        payload["seed"] = cfg.seed
+    return fingerprint_of(payload)
+
+
+def run_stage(cfg: FlowConfig, name: str, *, force: bool = False) -> dict:
+    """Run one stage unless its manifest already matches its inputs; returns the manifest."""
+    ctx = RunContext.from_config(cfg)
+    path = ctx.workdir.manifest(name)
+    fp = stage_fingerprint(cfg, name)
+    old = read_manifest(path)
+    if not force and old and old.get("status") == "complete" and old.get("fingerprint") == fp:
+        log.info("stage %s: up to date (fingerprint %s), skipped", name, fp)
+        return {**old, "skipped": True}
+    missing = [d for d in UPSTREAM[name] if (read_manifest(ctx.workdir.manifest(d)) or {}).get("status") != "complete"]
+    if missing:
+        raise RuntimeError(f"stage {name} needs {', '.join(missing)} to have run first (no complete manifest in {ctx.workdir.root})")
+    log.info("stage %s: running (fingerprint %s)", name, fp)
+    start = time.time()
+    counts = _stage_fn(name)(stage_slice(cfg, name), ctx)
+    manifest = {
+        "stage": name,
+        "status": "complete",
+        "fingerprint": fp,
+        "upstream": {d: (read_manifest(ctx.workdir.manifest(d)) or {}).get("fingerprint") for d in UPSTREAM[name]},
+        "counts": counts,
+        "seconds": round(time.time() - start, 2),
+        "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "libraries": library_versions(),
+        "config": cfg.model_dump(mode="json"),
+    }
+    write_json_atomic(path, manifest)
+    log.info("stage %s: done in %.1fs %s", name, manifest["seconds"], _short(counts))
+    return {**manifest, "skipped": False}
+
+
+def _short(counts: dict) -> str:
+    return ", ".join(f"{k}={v}" for k, v in counts.items() if isinstance(v, (int, float, str)))
