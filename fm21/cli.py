@@ -113,3 +113,5 @@ def stats(
 
 def entrypoint() -> None:  # pragma: no cover - console script shim
     sys.exit(app())
+if __name__ == "__main__":  # python -m fm21.cli
+    app()

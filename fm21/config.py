@@ -211,18 +211,17 @@ def parse_overrides(items: list[str] | tuple[str, ...] | None) -> dict:
     """``["train.steps=50", "ingest.path=/x"]`` -> nested dict; values parsed as YAML."""
     tree: dict = {}
     for item in items or ():
-        for part in item.split():
-            if "=" not in part:
-                raise ConfigError(f"override {part!r} is not of the form key.path=value")
-            key, raw = part.split("=", 1)
-            value = yaml.safe_load(raw) if raw != "" else None
-            node = tree
-            keys = key.strip().split(".")
-            for k in keys[:-1]:
-                node = node.setdefault(k, {})
-                if not isinstance(node, dict):
-                    raise ConfigError(f"override {part!r} conflicts with another override")
-            node[keys[-1]] = value
+        if "=" not in item:
+            raise ConfigError(f"override {item!r} is not of the form key.path=value")
+        key, raw = item.split("=", 1)
+        value = yaml.safe_load(raw) if raw.strip() != "" else None
+        node = tree
+        keys = key.strip().split(".")
+        for k in keys[:-1]:
+            node = node.setdefault(k, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"override {item!r} conflicts with another override")
+        node[keys[-1]] = value
     return tree
 
 

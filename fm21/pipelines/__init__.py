@@ -1,0 +1,1 @@
+"""Prefect flows: thin sequencing of the stages in fm21.stages."""

@@ -1,0 +1,42 @@
+"""Shared fixtures: one session-scoped local Ray, the tiny recipe, tmp workdirs."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never touch a hub
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+
+@pytest.fixture(scope="session")
+def ray_local():
+    """One local Ray for the whole session (starting Ray costs seconds)."""
+    import ray
+
+    from fm21.config import RayConfig
+    from fm21.ray_runtime import ensure_ray
+
+    ensure_ray(RayConfig(num_cpus=2))
+    yield ray
+    ray.shutdown()
+
+
+@pytest.fixture()
+def tiny_config(tmp_path):
+    """The tiny recipe with its workdir under tmp_path."""
+    from fm21.config import load_config
+
+    def make(*overrides: str):
+        return load_config(
+            ROOT / "flows.yaml",
+            recipe=ROOT / "configs" / "tiny.yaml",
+            overrides=[f"workdir={tmp_path / 'work'}", *overrides],
+        )
+
+    return make

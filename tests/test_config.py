@@ -1,0 +1,80 @@
+"""Config rules: unknown keys are errors naming path and file; overrides and recipes apply."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from fm21.config import ConfigError, load_config, parse_overrides
+from conftest import ROOT
+
+
+def test_default_config_loads_and_is_frozen():
+    cfg = load_config()
+    assert cfg.ingest.source == "synthetic"
+    with pytest.raises(Exception):
+        cfg.train.steps = 5  # frozen
+
+
+def test_unknown_key_names_path_and_file(tmp_path):
+    bad = tmp_path / "flows.yaml"
+    bad.write_text((ROOT / "flows.yaml").read_text().replace("  batch_size: 32\n", "  batch_sise: 32\n", 1))
+    with pytest.raises(ConfigError) as err:
+        load_config(bad)
+    assert "train.batch_sise" in str(err.value)
+    assert str(bad) in str(err.value)
+
+
+def test_unknown_nested_key_from_override():
+    with pytest.raises(ConfigError, match=r"unknown key 'tokenizers\.image\.tok_rgb\.stepz'"):
+        load_config(overrides=["tokenizers.image.tok_rgb.stepz=3"])
+
+
+def test_bad_value_and_unknown_modality():
+    with pytest.raises(ConfigError, match="train.steps"):
+        load_config(overrides=["train.steps=many"])
+    with pytest.raises(ConfigError, match="unknown modalities"):
+        load_config(overrides=["modalities.enabled=[rgb,tok_lidar]"])
+
+
+def test_overrides_and_recipe_layering():
+    cfg = load_config(recipe="tiny", overrides=["train.steps=7", "ingest.synthetic.num_samples=10", "workdir=/tmp/x"])
+    assert cfg.train.steps == 7
+    assert cfg.ingest.synthetic.num_samples == 10
+    assert cfg.workdir == "/tmp/x"
+    assert cfg.modalities.resolution == 32  # from the recipe
+    assert cfg.train.lr == load_config().train.lr  # untouched keys come from flows.yaml
+    assert parse_overrides(["a.b=1", "a.c=[1, 2]"]) == {"a": {"b": 1, "c": [1, 2]}}
+
+
+def test_real_scale_recipe_follows_reference():
+    cfg = load_config(recipe="4m21-b")
+    specs = cfg.specs()
+    assert specs["tok_rgb"].num_tokens == 196 and specs["tok_rgb"].vocab_size == 16384
+    assert specs["caption"].vocab_size == 30_000
+    assert (cfg.train.model.dim, cfg.train.model.encoder_depth, cfg.train.model.num_heads) == (768, 12, 12)
+    assert cfg.train.num_input_tokens == cfg.train.num_target_tokens == 256
+    assert cfg.train.batch_size == 4096 and cfg.train.lr == pytest.approx(1e-4 * 4096 / 256)
+
+
+def test_cli_config_show_and_error_writes_nothing(tmp_path):
+    fm21 = [sys.executable, "-m", "fm21.cli"]
+    ok = subprocess.run([*fm21, "--set", "train.steps=3", "config", "show"], capture_output=True, text=True, cwd=ROOT)
+    assert ok.returncode == 0, ok.stderr
+    assert "steps: 3" in ok.stdout
+    work = tmp_path / "w"
+    bad = subprocess.run([*fm21, "--set", f"workdir={work}", "--set", "ingest.sorce=x", "stage", "ingest"],
+                         capture_output=True, text=True, cwd=ROOT)
+    assert bad.returncode == 2
+    assert "unknown key 'ingest.sorce'" in bad.stderr
+    assert not work.exists()
+
+
+def test_stdlib_tokenize_not_shadowed():
+    """Stage folders live inside fm21/, so the stdlib wins from the repo root."""
+    out = subprocess.run([sys.executable, "-c", "import tokenize, inspect, sys; print(tokenize.__file__)"],
+                         capture_output=True, text=True, cwd=ROOT)
+    assert out.returncode == 0, out.stderr
+    assert "fm21" not in out.stdout and out.stdout.strip().endswith("tokenize.py")
