@@ -41,6 +41,7 @@ class ModalitiesConfig(Strict):
     patch_size: int | None = None  # None keeps each spec's own (16, or 14 for DINOv2/ImageBind)
     image_vocab_size: int | None = None  # None keeps the reference codebook sizes
     text_vocab_size: int | None = None  # total WordPiece vocab incl. 4,284 specials; None: 30k
+    max_seq_len: int | None = None  # cap on every sequence length; None keeps the reference's
 
     @field_validator("enabled")
     @classmethod
@@ -54,8 +55,8 @@ class ModalitiesConfig(Strict):
 # ------------------------------------------------------------------------------ ingest
 class SyntheticConfig(Strict):
     num_samples: int = 1024
-    min_objects: int = 2
-    max_objects: int = 6
+    min_objects: int = Field(2, ge=1, le=7)
+    max_objects: int = Field(6, ge=1, le=7)
 
 
 class IngestConfig(Strict):
@@ -83,7 +84,7 @@ class SpecialistConfig(Strict):
 
 
 class PseudolabelConfig(Strict):
-    shards_per_commit: int = 1  # shards written per Lance commit (the resume granularity)
+    rows_per_commit: int = 512  # labelled rows per Lance commit (the resume granularity)
     specialists: dict[str, SpecialistConfig]
 
 
@@ -118,6 +119,10 @@ class TokensConfig(Strict):
     min_crop_scale: float = 0.8
     val_fraction: float = 0.1  # sample keys hashed into the validation split
     batch_size: int = 64
+    rows_per_commit: int = 4096  # label rows tokenized per Lance commit (resume granularity)
+    num_cpus: float = 1.0
+    num_gpus: float = 0.0
+    concurrency: int = 1
     seed: int = 0
 
 
@@ -193,6 +198,7 @@ class FlowConfig(Strict):
             patch_size=m.patch_size,
             image_vocab_size=m.image_vocab_size,
             text_vocab_size=m.text_vocab_size,
+            max_seq_len=m.max_seq_len,
         )
 
 

@@ -95,13 +95,16 @@ class ModalitySpec:
         resolution: int | None = None,
         patch_size: int | None = None,
         vocab_size: int | None = None,
+        max_seq_len: int | None = None,
     ) -> ModalitySpec:
         """A copy of this spec at another scale. The registry entry is left untouched.
 
-        ``resolution`` and ``patch_size`` only apply to spatial modalities, and
-        ``vocab_size`` only to modalities that have one.
+        ``resolution`` and ``patch_size`` only apply to spatial modalities, ``vocab_size``
+        only to modalities that have one, and ``max_seq_len`` caps sequence lengths.
         """
         changes: dict[str, int] = {}
+        if max_seq_len is not None and self.max_seq_len is not None:
+            changes["max_seq_len"] = min(self.max_seq_len, max_seq_len)
         spatial = self.kind in ("pixels", "image_tokens", "feature_tokens")
         if resolution is not None and (spatial or self.kind == "global_tokens"):
             changes["resolution"] = resolution
@@ -224,11 +227,12 @@ def resolve_specs(
     patch_size: int | None = None,
     image_vocab_size: int | None = None,
     text_vocab_size: int | None = None,
+    max_seq_len: int | None = None,
 ) -> dict[str, ModalitySpec]:
     """The specs of one run: registry entries at the run's scale, in the given order."""
     out: dict[str, ModalitySpec] = {}
     for name in names:
         spec = get_spec(name)
         vocab = text_vocab_size if spec.is_sequence else image_vocab_size
-        out[name] = spec.at(resolution=resolution, patch_size=patch_size, vocab_size=vocab)
+        out[name] = spec.at(resolution=resolution, patch_size=patch_size, vocab_size=vocab, max_seq_len=max_seq_len)
     return out

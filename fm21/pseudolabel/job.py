@@ -1,9 +1,10 @@
 """The pseudolabel stage: a Ray Data job mapping each enabled specialist over the shards
 as its own actor pool, into labels.lance (one row per sample key).
 
-Resume and idempotence: shards are processed in groups of ``shards_per_commit``; each
-group is one Lance commit, and keys already committed are filtered out before any
-specialist runs, so a re-run adds nothing and a killed run resumes without duplicates.
+Resume and idempotence: keys already committed are filtered out before any specialist
+runs, and the driver commits every ``rows_per_commit`` rows of the one streaming
+execution as a Lance transaction, so a re-run adds nothing and a killed run resumes
+where it stopped, without duplicates.
 A specialist enabled later adds its columns to the committed rows (Lance merge) without
 rewriting the others. A store built from other shards (ingest fingerprint changed) is
 rebuilt from scratch.
@@ -165,21 +166,28 @@ def run_pseudolabel(cfg: PseudolabelConfig, ctx) -> dict:
     _drop_if_stale(uri, ingest["fingerprint"])
     added_columns = _add_missing_columns(uri, schema, specialists, cfg, ctx, image_size)
     done = store.committed_keys(uri)
-    shards = ctx.workdir.shard_paths()
-    num_new = 0
-    for start in range(0, len(shards), cfg.shards_per_commit):
-        group = shards[start:start + cfg.shards_per_commit]
-        todo = {k for p in group for k in shard_keys(p)} - done
-        if not todo:
-            continue
+    shards = [p for p in ctx.workdir.shard_paths() if set(shard_keys(p)) - done]
+    todo = {k for p in shards for k in shard_keys(p)} - done
+    if todo:
         ensure_ray(ctx.ray)
-        ds = _labelled(group, todo, specialists, cfg, image_size).select_columns(schema.names)
+        ds = _labelled(shards, todo, specialists, cfg, image_size).select_columns(schema.names)
+        _commit_stream(ds, uri, schema, rows_per_commit=cfg.rows_per_commit)
+    return _summary(uri, specialists, num_new=len(todo), added_columns=added_columns)
+
+
+def _commit_stream(ds, uri: Path, schema: pa.Schema, *, rows_per_commit: int) -> None:
+    """One streaming Ray execution; the driver commits every ``rows_per_commit`` rows.
+
+    Each commit is one Lance transaction, so a killed run keeps what it committed and
+    the next run's key filter skips exactly those rows: no duplicates, little rework.
+    """
+    import lance
+
+    for table in ds.iter_batches(batch_size=rows_per_commit, batch_format="pyarrow"):
+        table = table.select(schema.names).cast(schema)
         mode = "append" if uri.exists() else "create"
-        ds.write_lance(str(uri), schema=schema, mode=mode)
-        num_new += len(todo)
-        done |= todo
-        log.info("pseudolabel: committed %d samples from %s", len(todo), ", ".join(p.name for p in group))
-    return _summary(uri, specialists, num_new=num_new, added_columns=added_columns)
+        lance.write_dataset(table, str(uri), schema=schema, mode=mode)
+        log.info("pseudolabel: committed %d samples to %s", table.num_rows, uri.name)
 
 
 def _drop_if_stale(uri: Path, ingest_fp: str) -> None:

@@ -50,12 +50,7 @@ def tokens_schema(specs: dict[str, ModalitySpec], *, tokenizers: dict[str, str],
 def read_store_metadata(uri: Path) -> dict[str, Any]:
     import lance
 
-    meta = lance.dataset(str(uri)).schema.metadata or {}
-    return {
-        "specs": json.loads(meta.get(META_SPECS, b"{}")),
-        "tokenizers": json.loads(meta.get(META_TOKENIZERS, b"{}")),
-        "labels_fingerprint": meta.get(META_LABELS, b"").decode(),
-    }
+    return read_schema_metadata(lance.dataset(str(uri)).schema)
 
 
 def check_compatible(uri: Path, specs: dict[str, ModalitySpec], tokenizers: dict[str, str] | None = None) -> None:
@@ -65,8 +60,18 @@ def check_compatible(uri: Path, specs: dict[str, ModalitySpec], tokenizers: dict
         stored = meta["specs"].get(name)
         if stored is None:
             raise ValueError(f"{uri} has no modality {name!r} (has: {sorted(meta['specs'])})")
-        if stored != dataclasses.asdict(spec):
-            raise ValueError(f"{uri}: modality {name!r} was tokenized with another spec: {stored} != {dataclasses.asdict(spec)}")
+        expected = json.loads(json.dumps(dataclasses.asdict(spec)))
+        if stored != expected:
+            raise ValueError(f"{uri}: modality {name!r} was tokenized with another spec: {stored} != {expected}")
     for name, fp in (tokenizers or {}).items():
         if meta["tokenizers"].get(name) != fp:
             raise ValueError(f"{uri}: tokenizer {name!r} fingerprint {meta['tokenizers'].get(name)} != {fp}; re-run `make tokens`")
+
+
+def read_schema_metadata(schema: pa.Schema) -> dict[str, Any]:
+    meta = schema.metadata or {}
+    return {
+        "specs": json.loads(meta.get(META_SPECS, b"{}")),
+        "tokenizers": json.loads(meta.get(META_TOKENIZERS, b"{}")),
+        "labels_fingerprint": meta.get(META_LABELS, b"").decode(),
+    }

@@ -1,0 +1,1 @@
+"""Ingest stage: folders, webdataset shards, synthetic scenes -> shards + rejects."""

@@ -1,0 +1,30 @@
+"""Depth oracle: metric depth from the synthetic scene's ground truth.
+
+Stands in for Omnidata DPT-B-Hybrid v2 (REFERENCE §2); the real network is a later
+issue. Stored at full fidelity in metres as float16; the tokenizer applies the robust
+per-image standardisation, not this specialist.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import numpy as np
+import pyarrow as pa
+
+from fm21.pseudolabel.specialists.base import OracleSpecialist, num_samples
+
+
+class DepthOracle(OracleSpecialist):
+    name: ClassVar[str] = "depth"
+    stands_in_for: ClassVar[str] = "Omnidata DPT-B-Hybrid v2 depth"
+
+    def columns(self) -> list[pa.Field]:
+        return [self.map_field("depth", "float16")]
+
+    def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
+        depth = [
+            self.gt_map(batch, i, "depth").astype(np.float16).reshape(-1)  # (S*S,)
+            for i in range(num_samples(batch))
+        ]
+        return {"depth": depth}

@@ -1,0 +1,84 @@
+"""PNG grids of label maps: originals over reconstructions.
+
+``labels_to_rgb`` colours any label kind (the keys of ``PREPROCESSORS``) as uint8 RGB:
+rgb as is, depth through a perceptual colour ramp, normals as ``(n + 1) / 2``, semseg
+through a fixed palette (class 0 = black), edges grey.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+from PIL import Image
+
+# Anchor colours of a blue -> green -> yellow ramp (viridis-like), interpolated linearly.
+_RAMP = np.array(
+    [[68, 1, 84], [59, 82, 139], [33, 145, 140], [94, 201, 98], [253, 231, 37]], dtype=np.float64
+)
+
+
+def _ramp(values: np.ndarray) -> np.ndarray:
+    """Values in [0, 1], any shape -> uint8 colours of shape ``(..., 3)``."""
+    pos = np.clip(values, 0.0, 1.0) * (len(_RAMP) - 1)
+    lo = np.floor(pos).astype(np.int64).clip(0, len(_RAMP) - 2)
+    frac = (pos - lo)[..., None]
+    return (_RAMP[lo] * (1 - frac) + _RAMP[lo + 1] * frac).round().astype(np.uint8)
+
+
+def semseg_palette(num_classes: int = 256) -> np.ndarray:
+    """A fixed ``(num_classes, 3)`` uint8 palette; class 0 ("no class") is black."""
+    palette = np.random.default_rng(12345).integers(40, 256, size=(num_classes, 3))
+    palette[0] = 0
+    return palette.astype(np.uint8)
+
+
+def _depth(x: np.ndarray) -> np.ndarray:
+    x = np.asarray(x, dtype=np.float64)  # (B, R, R); per image min-max to [0, 1]
+    lo = x.min(axis=(1, 2), keepdims=True)
+    hi = x.max(axis=(1, 2), keepdims=True)
+    return _ramp((x - lo) / np.maximum(hi - lo, 1e-6))
+
+
+def _normal(x: np.ndarray) -> np.ndarray:
+    return ((np.asarray(x, dtype=np.float64) + 1.0) * 127.5).clip(0, 255).astype(np.uint8)
+
+
+def _semseg(x: np.ndarray) -> np.ndarray:
+    return semseg_palette()[np.asarray(x).astype(np.int64) % 256]
+
+
+def _grey(x: np.ndarray) -> np.ndarray:
+    return np.repeat(np.asarray(x).astype(np.uint8)[..., None], 3, axis=-1)
+
+
+COLORIZERS: dict[str, Callable[[np.ndarray], np.ndarray]] = {
+    "rgb": lambda x: np.asarray(x).astype(np.uint8),
+    "depth": _depth,
+    "normal": _normal,
+    "semseg": _semseg,
+    "canny_edge": _grey,
+    "sam_edge": _grey,
+}
+
+
+def labels_to_rgb(kind: str, labels: np.ndarray) -> np.ndarray:
+    """Label maps of one kind ``(B, R, R[, C])`` -> ``(B, R, R, 3)`` uint8."""
+    return COLORIZERS[kind](labels)
+
+
+def save_grid(rows: list[np.ndarray], path: Path, *, pad: int = 2) -> None:
+    """Rows of ``(B, R, R, 3)`` uint8 images -> one PNG, rows stacked top to bottom."""
+    num_cols = max(len(r) for r in rows)
+    side = rows[0].shape[1]
+    canvas = np.full(
+        (len(rows) * (side + pad) + pad, num_cols * (side + pad) + pad, 3), 255, dtype=np.uint8
+    )
+    for i, row in enumerate(rows):
+        for j, img in enumerate(row):
+            y, x = pad + i * (side + pad), pad + j * (side + pad)
+            canvas[y : y + side, x : x + side] = img
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(canvas).save(path)

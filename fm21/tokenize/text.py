@@ -1,0 +1,167 @@
+"""The shared 4M WordPiece text tokenizer (REFERENCE §3.1), on HF ``tokenizers``.
+
+BertNormalizer (lower-case, accents kept), BertPreTokenizer, ``##`` continuations, no
+post-processor (no automatic BOS/EOS). Special tokens have FIXED ids, in this order:
+
+=========== ================================================================
+0-3         ``[PAD] [UNK] [SOS] [EOS]``
+4-203       sentinels ``[S_0]`` .. ``[S_199]``
+204-4203    value tokens ``v0=0`` .. ``v0=999``, then ``v1=``, ``v2=``, ``v3=``
+4204-4283   the 80 COCO class names, each ONE token ("baseball bat" included)
+4284-...    learned word pieces, up to ``vocab_size``
+=========== ================================================================
+
+Value tokens and class names are added tokens, matched before pre-tokenisation (the
+longest match wins, so ``v0=12`` is not ``v0=1`` + ``2``). Class names are matched as
+whole words after normalisation (``single_word``): "Dog" is the class token, the
+"person" in "personal" is not. Decoding keeps every special token.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Iterable, Sequence
+
+from tokenizers import AddedToken, Tokenizer, decoders, models, normalizers, pre_tokenizers
+from tokenizers.trainers import WordPieceTrainer
+
+COCO_CLASSES: tuple[str, ...] = (
+    "person", "bicycle", "car", "motorcycle", "airplane", "bus", "train", "truck", "boat",
+    "traffic light", "fire hydrant", "stop sign", "parking meter", "bench", "bird", "cat",
+    "dog", "horse", "sheep", "cow", "elephant", "bear", "zebra", "giraffe", "backpack",
+    "umbrella", "handbag", "tie", "suitcase", "frisbee", "skis", "snowboard", "sports ball",
+    "kite", "baseball bat", "baseball glove", "skateboard", "surfboard", "tennis racket",
+    "bottle", "wine glass", "cup", "fork", "knife", "spoon", "bowl", "banana", "apple",
+    "sandwich", "orange", "broccoli", "carrot", "hot dog", "pizza", "donut", "cake", "chair",
+    "couch", "potted plant", "bed", "dining table", "toilet", "tv", "laptop", "mouse",
+    "remote", "keyboard", "cell phone", "microwave", "oven", "toaster", "sink",
+    "refrigerator", "book", "clock", "vase", "scissors", "teddy bear", "hair drier",
+    "toothbrush",
+)
+
+PAD, UNK, SOS, EOS = "[PAD]", "[UNK]", "[SOS]", "[EOS]"
+NUM_SENTINELS = 200
+NUM_VALUE_KINDS = 4  # v0= .. v3=
+NUM_VALUE_BINS = 1000  # 0..999
+CONFIG_FILE = "config.json"
+TOKENIZER_FILE = "tokenizer.json"
+
+
+def special_tokens() -> list[AddedToken]:
+    """The 4,284 fixed-id tokens, in id order."""
+    plain = [PAD, UNK, SOS, EOS] + [f"[S_{k}]" for k in range(NUM_SENTINELS)]
+    plain += [f"v{v}={k}" for v in range(NUM_VALUE_KINDS) for k in range(NUM_VALUE_BINS)]
+    tokens = [AddedToken(t, single_word=t.startswith("[S_"), normalized=False) for t in plain]
+    tokens += [AddedToken(c, single_word=True, normalized=True) for c in COCO_CLASSES]
+    return tokens
+
+
+NUM_SPECIAL_TOKENS = 4 + NUM_SENTINELS + NUM_VALUE_KINDS * NUM_VALUE_BINS + len(COCO_CLASSES)
+
+
+def value_token(kind: int, value: int) -> str:
+    """``vN=k``, the coordinate/value token (``kind`` N in 0..3, ``value`` k in 0..999)."""
+    return f"v{kind}={value}"
+
+
+def _empty_tokenizer() -> Tokenizer:
+    tok = Tokenizer(models.WordPiece(unk_token=UNK, continuing_subword_prefix="##"))
+    tok.normalizer = normalizers.BertNormalizer(
+        clean_text=True, handle_chinese_chars=True, strip_accents=None, lowercase=True
+    )
+    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    tok.decoder = decoders.WordPiece(prefix="##")
+    return tok
+
+
+class TextTokenizer:
+    """A trained WordPiece tokenizer with the 4M special tokens at fixed ids."""
+
+    def __init__(self, tokenizer: Tokenizer) -> None:
+        self._tok = tokenizer
+        specials = special_tokens()
+        for i, t in enumerate(specials[:4] + specials[-1:]):  # spot-check the fixed layout
+            want = i if i < 4 else NUM_SPECIAL_TOKENS - 1
+            if tokenizer.token_to_id(t.content) != want:
+                raise ValueError(f"special token {t.content!r} is not at id {want}")
+        self.pad_id = tokenizer.token_to_id(PAD)
+        self.unk_id = tokenizer.token_to_id(UNK)
+        self.sos_id = tokenizer.token_to_id(SOS)
+        self.eos_id = tokenizer.token_to_id(EOS)
+
+    @property
+    def vocab_size(self) -> int:
+        return self._tok.get_vocab_size(with_added_tokens=True)
+
+    def sentinel_id(self, k: int) -> int:
+        """Id of ``[S_k]`` (``[S_1]`` = 5; span masking numbers sentinels from 1)."""
+        if not 0 <= k < NUM_SENTINELS:
+            raise ValueError(f"sentinel index {k} outside 0..{NUM_SENTINELS - 1}")
+        return 4 + k
+
+    def token_to_id(self, token: str) -> int | None:
+        return self._tok.token_to_id(token)
+
+    def id_to_token(self, idx: int) -> str | None:
+        return self._tok.id_to_token(idx)
+
+    def encode(self, text: str) -> list[int]:
+        return self._tok.encode(text, add_special_tokens=False).ids
+
+    def encode_batch(self, texts: Sequence[str]) -> list[list[int]]:
+        return [e.ids for e in self._tok.encode_batch(list(texts), add_special_tokens=False)]
+
+    def decode(self, ids: Sequence[int]) -> str:
+        return self._tok.decode(list(ids), skip_special_tokens=False)
+
+    def fingerprint(self) -> str:
+        return hashlib.sha256(self._tok.to_str().encode()).hexdigest()[:16]
+
+    def save(self, directory: Path) -> str:
+        """``tokenizer.json`` + ``config.json`` (sizes, special layout, fingerprint)."""
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        self._tok.save(str(directory / TOKENIZER_FILE))
+        fingerprint = self.fingerprint()
+        config = {
+            "family": "wordpiece",
+            "vocab_size": self.vocab_size,
+            "num_special_tokens": NUM_SPECIAL_TOKENS,
+            "pad_id": self.pad_id, "unk_id": self.unk_id,
+            "sos_id": self.sos_id, "eos_id": self.eos_id,
+            "sentinel_0_id": self.sentinel_id(0),
+            "value_token_0_id": self._tok.token_to_id("v0=0"),
+            "coco_class_0_id": self._tok.token_to_id(COCO_CLASSES[0]),
+            "fingerprint": fingerprint,
+        }
+        (directory / CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n")
+        return fingerprint
+
+    @classmethod
+    def load(cls, directory: Path) -> TextTokenizer:
+        directory = Path(directory)
+        tok = cls(Tokenizer.from_file(str(directory / TOKENIZER_FILE)))
+        recorded = json.loads((directory / CONFIG_FILE).read_text()).get("fingerprint")
+        if recorded is not None and recorded != tok.fingerprint():
+            raise ValueError(f"{directory}: tokenizer.json does not match its fingerprint")
+        return tok
+
+
+def train_text_tokenizer(
+    corpus: Iterable[str], *, vocab_size: int, min_frequency: int = 1
+) -> TextTokenizer:
+    """Learn word pieces on ``corpus`` after the fixed special tokens."""
+    if vocab_size <= NUM_SPECIAL_TOKENS:
+        raise ValueError(f"vocab_size {vocab_size} must exceed the {NUM_SPECIAL_TOKENS} specials")
+    tok = _empty_tokenizer()
+    trainer = WordPieceTrainer(
+        vocab_size=vocab_size,
+        min_frequency=min_frequency,
+        special_tokens=special_tokens(),  # ids 0..4283, in order
+        continuing_subword_prefix="##",
+        show_progress=False,
+    )
+    tok.train_from_iterator(corpus, trainer=trainer)
+    return TextTokenizer(tok)

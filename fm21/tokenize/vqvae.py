@@ -1,0 +1,174 @@
+"""VQ-VAE image tokenizer: trunk encoder -> tanh post-MLP -> 1x1 proj -> lucid VQ -> decoder.
+
+The reference uses ViT-B encoder/decoder (REFERENCE §7); fm21's default trunk is a small
+conv net, the CPU-friendly choice for the tiny recipe. Trunks sit behind ``TRUNKS`` so a
+ViT trunk can be added without touching ``VQVAE``.
+
+Conv trunk: ``S = log2(patch_size)`` stride-2 stages. Widths double toward the token
+grid and reach ``hidden_dim`` there (``hidden_dim / 2**(S-l)`` at level ``l``, at least
+16), so most compute sits at the coarse levels; each level has ``num_layers`` residual
+blocks. The decoder mirrors it with nearest-upsample + conv.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable
+
+import torch
+from torch import nn
+
+from fm21.tokenize.image_tokenizer import ImageTokenizer, TokenizerConfig
+from fm21.tokenize.quantizer import LucidQuantizer
+
+
+def _groups(channels: int) -> int:
+    return next(g for g in (8, 4, 2, 1) if channels % g == 0)
+
+
+def _norm(channels: int) -> nn.GroupNorm:
+    return nn.GroupNorm(_groups(channels), channels)
+
+
+class ResBlock(nn.Module):
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.body = nn.Sequential(
+            _norm(channels), nn.SiLU(), nn.Conv2d(channels, channels, 3, padding=1),
+            _norm(channels), nn.SiLU(), nn.Conv2d(channels, channels, 3, padding=1),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.body(x)
+
+
+def level_widths(hidden_dim: int, num_stages: int) -> list[int]:
+    """Channel width at each downsampling level 1..S (index 0 = level 1, finest)."""
+    return [max(hidden_dim >> (num_stages - level), 16) for level in range(1, num_stages + 1)]
+
+
+def _num_stages(patch_size: int) -> int:
+    stages = int(math.log2(patch_size))
+    if 2**stages != patch_size or stages < 1:
+        raise ValueError(f"conv trunk needs a power-of-two patch_size >= 2, got {patch_size}")
+    return stages
+
+
+def _num_blocks(level_index: int, num_levels: int, num_layers: int) -> int:
+    """Residual blocks at a level: none at the finest (R/2) level when there are coarser
+    ones. On CPU it would cost about as much as all coarser levels together."""
+    return 0 if (level_index == 0 and num_levels > 1) else num_layers
+
+
+class ConvEncoder(nn.Module):
+    """``(B, C_in, R, R)`` -> ``(B, hidden_dim, R/P, R/P)``."""
+
+    def __init__(self, in_channels: int, cfg: TokenizerConfig) -> None:
+        super().__init__()
+        widths = level_widths(cfg.hidden_dim, _num_stages(cfg.patch_size))
+        # 2x2 patchify stem: a quarter of the cost of a 4x4 stride-2 conv at full resolution
+        layers: list[nn.Module] = [nn.Conv2d(in_channels, widths[0], 2, stride=2)]
+        for i, w in enumerate(widths):
+            layers += [ResBlock(w) for _ in range(_num_blocks(i, len(widths), cfg.num_layers))]
+            if i + 1 < len(widths):  # halve the resolution, widen toward the grid
+                layers += [_norm(w), nn.SiLU(), nn.Conv2d(w, widths[i + 1], 4, stride=2, padding=1)]
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
+class ConvDecoder(nn.Module):
+    """``(B, hidden_dim, R/P, R/P)`` -> ``(B, C_out, R, R)``."""
+
+    def __init__(self, out_channels: int, cfg: TokenizerConfig) -> None:
+        super().__init__()
+        widths = level_widths(cfg.hidden_dim, _num_stages(cfg.patch_size))
+        layers: list[nn.Module] = []
+        for i in reversed(range(len(widths))):  # coarse to fine
+            w = widths[i]
+            layers += [ResBlock(w) for _ in range(_num_blocks(i, len(widths), cfg.num_layers))]
+            nxt = widths[i - 1] if i > 0 else w
+            layers += [_norm(w), nn.SiLU(), nn.ConvTranspose2d(w, nxt, 4, stride=2, padding=1)]
+        # 1x1 head: a 3x3 conv to 134 semseg logits at full resolution is the costliest layer
+        layers += [_norm(widths[0]), nn.SiLU(), nn.Conv2d(widths[0], out_channels, 1)]
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
+# trunk name -> (encoder builder(in_channels, cfg), decoder builder(out_channels, cfg))
+TRUNKS: dict[str, tuple[Callable[[int, TokenizerConfig], nn.Module], ...]] = {
+    "conv": (ConvEncoder, ConvDecoder),
+}
+
+
+class PostMLP(nn.Module):
+    """Residual tanh MLP before the quantizer (ViT-VQGAN style, as the reference)."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.norm = _norm(channels)
+        self.fc1 = nn.Conv2d(channels, 4 * channels, 1)
+        self.fc2 = nn.Conv2d(4 * channels, channels, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.fc2(torch.tanh(self.fc1(self.norm(x))))
+
+
+class VQVAE(ImageTokenizer):
+    family = "vqvae"
+
+    def __init__(self, config: TokenizerConfig) -> None:
+        super().__init__(config)
+        cfg = config
+        categorical = self.preprocessor.categorical
+        in_ch = cfg.class_embed_dim if categorical else self.preprocessor.channels
+        out_ch = cfg.num_channels if categorical else self.preprocessor.channels
+        # semseg: a learned class embedding replaces one-hot input (REFERENCE §2)
+        self.class_embed = nn.Embedding(cfg.num_channels, in_ch) if categorical else None
+        make_encoder, make_decoder = TRUNKS[cfg.trunk]
+        self.encoder = make_encoder(in_ch, cfg)
+        self.post_mlp = PostMLP(cfg.hidden_dim)
+        self.to_latent = nn.Sequential(
+            _norm(cfg.hidden_dim), nn.SiLU(), nn.Conv2d(cfg.hidden_dim, cfg.latent_dim, 1)
+        )
+        self.quantizer = LucidQuantizer(
+            cfg.latent_dim, cfg.vocab_size, ema_decay=cfg.ema_decay,
+            commitment_weight=cfg.commitment_weight, dead_code_coef=cfg.dead_code_coef,
+        )
+        self.from_latent = nn.Conv2d(cfg.latent_dim, cfg.hidden_dim, 1)
+        self.decoder = make_decoder(out_ch, cfg)
+
+    def _embed(self, x: torch.Tensor) -> torch.Tensor:
+        if self.class_embed is None:
+            return x
+        return self.class_embed(x).permute(0, 3, 1, 2)  # (B, R, R) -> (B, E, R, R)
+
+    def latents(self, x: torch.Tensor) -> torch.Tensor:
+        """Model-space input -> pre-quantization latents ``(B, latent_dim, h, w)``."""
+        return self.to_latent(self.post_mlp(self.encoder(self._embed(x))))
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """-> (reconstruction in model space, ids (B, h, w), commitment loss)."""
+        q, ids, commit = self.quantizer(self.latents(x))
+        return self.decoder(self.from_latent(q)), ids, commit
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        return self.quantizer(self.latents(x))[1]  # (B, h, w)
+
+    def decode(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.decoder(self.from_latent(self.quantizer.lookup(ids)))
+
+
+TOKENIZER_FAMILIES: dict[str, type[ImageTokenizer]] = {"vqvae": VQVAE}
+
+
+def build_tokenizer(config: TokenizerConfig) -> ImageTokenizer:
+    try:
+        family = TOKENIZER_FAMILIES[config.family]
+    except KeyError:
+        known = ", ".join(TOKENIZER_FAMILIES)
+        raise ValueError(f"tokenizer family {config.family!r} is not built yet; have {known}") from None
+    return family(config)

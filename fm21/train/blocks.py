@@ -1,0 +1,123 @@
+"""Transformer blocks of the 4M trunk: SwiGLU, no biases, pre-LN (REFERENCE §5.3).
+
+Masks follow the mod_dict convention: a boolean tensor where **True means ignored**.
+They are inverted once, right before ``scaled_dot_product_attention`` (where True
+means "may attend").
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def layer_norm(dim: int) -> nn.LayerNorm:
+    """LayerNorm without bias, eps 1e-6, as in every 4M ``*_swiglu_nobias`` model."""
+    return nn.LayerNorm(dim, eps=1e-6, bias=False)
+
+
+def attention_allowed(ignore: torch.Tensor) -> torch.Tensor:
+    """(B, Nq, Nk) "ignore" mask -> (B, 1, Nq, Nk) "may attend" mask for SDPA.
+
+    A query row that may attend to nothing (a sample with no encoder input, e.g. the
+    unconditional pass of classifier-free guidance, or a padded decoder query) attends
+    to key 0 alone. This keeps every SDPA backend NaN-free, and unlike the reference's
+    uniform attention over padding it does not depend on how many padding slots the
+    batch happens to carry.
+    """
+    allowed = ~ignore
+    empty_row = ~allowed.any(dim=-1, keepdim=True)  # (B, Nq, 1)
+    first_key = torch.zeros_like(allowed)
+    first_key[..., 0] = True
+    return (allowed | (empty_row & first_key)).unsqueeze(1)
+
+
+class SwiGLU(nn.Module):
+    """Gated MLP: ``fc2(silu(fc1 x) * gate x)``, hidden ``int(2/3 * mlp_ratio * dim)``."""
+
+    def __init__(self, dim: int, mlp_ratio: float) -> None:
+        super().__init__()
+        hidden = int(2 / 3 * mlp_ratio * dim)
+        self.fc1 = nn.Linear(dim, hidden, bias=False)
+        self.gate = nn.Linear(dim, hidden, bias=False)
+        self.fc2 = nn.Linear(hidden, dim, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(F.silu(self.fc1(x)) * self.gate(x))
+
+
+class SelfAttention(nn.Module):
+    def __init__(self, dim: int, num_heads: int) -> None:
+        super().__init__()
+        if dim % num_heads:
+            raise ValueError(f"dim {dim} is not divisible by num_heads {num_heads}")
+        self.num_heads = num_heads
+        self.qkv = nn.Linear(dim, 3 * dim, bias=False)
+        self.proj = nn.Linear(dim, dim, bias=False)
+
+    def forward(self, x: torch.Tensor, allowed: torch.Tensor) -> torch.Tensor:
+        B, N, D = x.shape
+        qkv = self.qkv(x).view(B, N, 3, self.num_heads, D // self.num_heads)
+        q, k, v = qkv.permute(2, 0, 3, 1, 4)  # each (B, H, N, D/H)
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed)  # (B, H, N, D/H)
+        return self.proj(out.transpose(1, 2).reshape(B, N, D))
+
+
+class CrossAttention(nn.Module):
+    def __init__(self, dim: int, num_heads: int) -> None:
+        super().__init__()
+        self.num_heads = num_heads
+        self.q = nn.Linear(dim, dim, bias=False)
+        self.kv = nn.Linear(dim, 2 * dim, bias=False)
+        self.proj = nn.Linear(dim, dim, bias=False)
+
+    def forward(
+        self, x: torch.Tensor, context: torch.Tensor, allowed: torch.Tensor
+    ) -> torch.Tensor:
+        B, M, D = x.shape
+        N = context.shape[1]
+        h = self.num_heads
+        q = self.q(x).view(B, M, h, D // h).transpose(1, 2)  # (B, H, M, D/H)
+        k, v = self.kv(context).view(B, N, 2, h, D // h).permute(2, 0, 3, 1, 4)  # (B, H, N, D/H)
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed)  # (B, H, M, D/H)
+        return self.proj(out.transpose(1, 2).reshape(B, M, D))
+
+
+class EncoderBlock(nn.Module):
+    def __init__(self, dim: int, num_heads: int, mlp_ratio: float) -> None:
+        super().__init__()
+        self.norm1 = layer_norm(dim)
+        self.attn = SelfAttention(dim, num_heads)
+        self.norm2 = layer_norm(dim)
+        self.mlp = SwiGLU(dim, mlp_ratio)
+
+    def forward(self, x: torch.Tensor, allowed: torch.Tensor) -> torch.Tensor:
+        x = x + self.attn(self.norm1(x), allowed)
+        return x + self.mlp(self.norm2(x))
+
+
+class DecoderBlock(nn.Module):
+    """Self-attention, cross-attention (own query and context norms), MLP."""
+
+    def __init__(self, dim: int, num_heads: int, mlp_ratio: float) -> None:
+        super().__init__()
+        self.norm1 = layer_norm(dim)
+        self.self_attn = SelfAttention(dim, num_heads)
+        self.query_norm = layer_norm(dim)
+        self.context_norm = layer_norm(dim)
+        self.cross_attn = CrossAttention(dim, num_heads)
+        self.norm2 = layer_norm(dim)
+        self.mlp = SwiGLU(dim, mlp_ratio)
+
+    def forward(
+        self,
+        y: torch.Tensor,
+        context: torch.Tensor,
+        *,
+        self_allowed: torch.Tensor,
+        cross_allowed: torch.Tensor,
+    ) -> torch.Tensor:
+        y = y + self.self_attn(self.norm1(y), self_allowed)
+        y = y + self.cross_attn(self.query_norm(y), self.context_norm(context), cross_allowed)
+        return y + self.mlp(self.norm2(y))

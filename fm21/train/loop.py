@@ -1,0 +1,169 @@
+"""The 4M training stage: one readable loop over tokens.lance.
+
+forward -> loss -> backward -> clip -> step -> log, top to bottom. Checkpoints carry the
+model config, modality specs, tokenizer fingerprints and optimizer/step state; a re-run
+resumes from the latest checkpoint when it was made for the same run (fingerprint).
+Ray Train wraps this same loop for many GPUs (later issue).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from fm21.config import TrainConfig
+from fm21.train.checkpoint import load_checkpoint, save_checkpoint
+from fm21.train.loader import LanceTokenDataset, make_loader
+from fm21.train.masking import UnifiedMasking
+from fm21.train.model import FourM
+
+log = logging.getLogger("fm21")
+
+
+def lr_at(step: int, cfg: TrainConfig) -> float:
+    """Linear warmup from 0, then cosine decay to min_lr (REFERENCE §5.4)."""
+    if step < cfg.warmup_steps:
+        return cfg.lr * step / max(1, cfg.warmup_steps)
+    progress = (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps)
+    return cfg.min_lr + 0.5 * (cfg.lr - cfg.min_lr) * (1 + math.cos(math.pi * min(1.0, progress)))
+
+
+def build_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
+    """AdamW (0.9, 0.95); no weight decay on norms and biases (mod/pos embeddings decay)."""
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        (no_decay if "norm" in name or name.endswith(".bias") else decay).append(p)
+    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=(0.9, 0.95), eps=1e-8)
+
+
+def _masking(cfg: TrainConfig, specs, seed: int) -> UnifiedMasking:
+    return UnifiedMasking(specs, num_input_tokens=cfg.num_input_tokens, num_target_tokens=cfg.num_target_tokens,
+                          mixture=list(cfg.mixture), seed=seed)
+
+
+def _resume(ckpt_dir: Path, run_fp: str, model: FourM, opt: torch.optim.Optimizer) -> int:
+    latest = ckpt_dir / "latest"
+    if not (latest / "config.json").exists():
+        return 0
+    meta = json.loads((latest / "config.json").read_text())
+    if meta.get("extra", {}).get("run_fingerprint") != run_fp:
+        log.info("train: checkpoint in %s is from another run; starting fresh", ckpt_dir)
+        return 0
+    loaded, meta = load_checkpoint(latest)
+    model.load_state_dict(loaded.state_dict())
+    opt_path = latest / "optimizer.pt"
+    if opt_path.exists():
+        opt.load_state_dict(torch.load(opt_path, map_location="cpu", weights_only=True))
+    log.info("train: resumed from step %d", meta["step"])
+    return int(meta["step"])
+
+
+def _to_device(mod_dict: dict, device: str) -> dict:
+    return {m: {k: v.to(device) for k, v in d.items()} for m, d in mod_dict.items()}
+
+
+def run_train(cfg: TrainConfig, ctx) -> dict:
+    from fm21.store.manifest import fingerprint_of, read_manifest
+    from fm21.store.tokens import check_compatible, read_store_metadata
+
+    uri = ctx.workdir.tokens_uri
+    specs = ctx.specs
+    check_compatible(uri, specs)
+    store_meta = read_store_metadata(uri)
+    torch.manual_seed(cfg.seed)
+    model = FourM(specs, cfg.model, num_input_tokens=cfg.num_input_tokens, num_target_tokens=cfg.num_target_tokens)
+    model.to(cfg.device)
+    opt = build_optimizer(model, cfg)
+    ckpt_dir = ctx.workdir.checkpoints_dir
+    run_fp = fingerprint_of({"train": cfg.model_dump(mode="json"),
+                             "tokens": (read_manifest(ctx.workdir.manifest("tokens")) or {}).get("fingerprint")})
+    start = _resume(ckpt_dir, run_fp, model, opt)
+    dataset = LanceTokenDataset(uri, specs, _masking(cfg, specs, cfg.seed), seed=cfg.seed + start)
+    batches = iter(make_loader(dataset, batch_size=cfg.batch_size, num_workers=cfg.num_workers))
+    extra = {"run_fingerprint": run_fp, "tokenizers": store_meta["tokenizers"], "train": cfg.model_dump(mode="json")}
+    history_path = ctx.workdir.stage_dir("train") / "history.jsonl"
+    if start == 0:
+        history_path.unlink(missing_ok=True)
+    t0, tokens_seen = time.time(), 0
+    model.train()
+    for step in range(start, cfg.steps):
+        mod_dict = _to_device(next(batches), cfg.device)
+        for group in opt.param_groups:
+            group["lr"] = lr_at(step, cfg)
+        loss, per_mod = model(mod_dict)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+        opt.step()
+        tokens_seen += cfg.batch_size * (cfg.num_input_tokens + cfg.num_target_tokens)
+        if step % cfg.log_every == 0 or step == cfg.steps - 1:
+            record = {"step": step, "loss": float(loss), "lr": lr_at(step, cfg), "grad_norm": float(grad_norm),
+                      **{f"loss/{m}": float(v) for m, v in per_mod.items()}}
+            _append(history_path, record)
+            log.info("train: step %d loss %.4f lr %.2e", step, record["loss"], record["lr"])
+        if (step + 1) % cfg.checkpoint_every == 0 or step == cfg.steps - 1:
+            _checkpoint(ckpt_dir, model, opt, step + 1, extra)
+    seconds = time.time() - t0
+    history = [json.loads(line) for line in history_path.read_text().splitlines()] if history_path.exists() else []
+    plot_losses(history, ctx.workdir.stage_dir("train") / "loss.png")
+    return {
+        "steps": cfg.steps,
+        "resumed_from": start,
+        "final_loss": history[-1]["loss"] if history else None,
+        "first_loss": history[0]["loss"] if history else None,
+        "parameters": sum(p.numel() for p in model.parameters()),
+        "tokens_per_second": round(tokens_seen / seconds, 1) if seconds > 0 else None,
+        "seconds_training": round(seconds, 1),
+    }
+
+
+def _append(path: Path, record: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a") as f:
+        f.write(json.dumps(record) + "\n")
+
+
+def _checkpoint(ckpt_dir: Path, model, opt, step: int, extra: dict) -> None:
+    """Write step-N, then point `latest` at a full copy (atomic rename)."""
+    import shutil
+
+    target = ckpt_dir / f"step-{step:07d}"
+    save_checkpoint(target, model=model, step=step, optimizer=opt, extra=extra)
+    tmp = ckpt_dir / "latest.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    shutil.copytree(target, tmp)
+    shutil.rmtree(ckpt_dir / "latest", ignore_errors=True)
+    tmp.rename(ckpt_dir / "latest")
+
+
+def plot_losses(history: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    if not history:
+        return
+    steps = np.array([h["step"] for h in history])
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    ax.plot(steps, [h["loss"] for h in history], color="black", lw=2, label="total (mean over modalities)")
+    for key in sorted(k for k in history[-1] if k.startswith("loss/")):
+        ax.plot(steps, [h.get(key, np.nan) for h in history], lw=1, alpha=0.7, label=key[5:])
+    ax.set_xlabel("step")
+    ax.set_ylabel("cross-entropy")
+    ax.set_yscale("log")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, ncol=2)
+    ax.set_title("fm21 4M training loss")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)

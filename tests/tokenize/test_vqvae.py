@@ -1,0 +1,121 @@
+"""VQ-VAE tokenizers and preprocessors, generated from the registry: every image-token
+modality whose label kind has a preprocessor is built, encoded and decoded at 32 px."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from fm21.config import VQTokenizerConfig
+from fm21.modalities import MODALITIES, ModalitySpec
+from fm21.tokenize.image_tokenizer import TokenizerConfig
+from fm21.tokenize.preprocess import PREPROCESSORS, robust_standardize
+from fm21.tokenize.vqvae import TOKENIZER_FAMILIES, VQVAE, build_tokenizer
+
+TINY = VQTokenizerConfig(hidden_dim=32, num_layers=1, steps=10, batch_size=8)
+
+IMAGE_TOKEN_SPECS = [
+    s for s in MODALITIES.values()
+    if s.kind == "image_tokens" and s.label_columns[0] in PREPROCESSORS
+]
+
+# label kind -> (decoded dtype, per-sample decoded shape at 32 px)
+DECODED = {
+    "rgb": (np.uint8, (32, 32, 3)),
+    "depth": (np.float32, (32, 32)),
+    "normal": (np.float32, (32, 32, 3)),
+    "semseg": (np.uint8, (32, 32)),
+    "canny_edge": (np.uint8, (32, 32)),
+    "sam_edge": (np.uint8, (32, 32)),
+}
+
+
+def _tiny(spec: ModalitySpec) -> TokenizerConfig:
+    return TokenizerConfig.from_spec(spec.at(resolution=32, patch_size=8, vocab_size=64), TINY)
+
+
+def test_registry_tokenizers_are_covered() -> None:
+    names = {s.name for s in IMAGE_TOKEN_SPECS}
+    assert {"tok_rgb", "tok_depth", "tok_normal", "tok_semseg", "tok_canny_edge", "tok_sam_edge"} <= names
+    assert set(DECODED) == set(PREPROCESSORS)
+    assert TOKENIZER_FAMILIES["vqvae"] is VQVAE
+    with pytest.raises(ValueError, match="not built"):
+        build_tokenizer(TokenizerConfig(**{**_tiny(IMAGE_TOKEN_SPECS[0]).to_dict(), "family": "divae"}))
+
+
+@pytest.mark.parametrize("spec", IMAGE_TOKEN_SPECS, ids=lambda s: s.name)
+def test_encode_decode_shapes(spec: ModalitySpec, scenes32: dict[str, np.ndarray]) -> None:
+    torch.manual_seed(0)
+    cfg = _tiny(spec)
+    tok = build_tokenizer(cfg).eval()
+    labels = scenes32[cfg.preprocess][:3]
+    ids = tok.encode_labels(labels)
+    assert ids.dtype == np.int16 and ids.shape == (3, 16)
+    assert ids.min() >= 0 and ids.max() < 64
+    dtype, shape = DECODED[cfg.preprocess]
+    decoded = tok.decode_labels(ids)
+    assert decoded.dtype == dtype and decoded.shape == (3, *shape)
+    # torch level: (B, h, w) ids; decode gives model-space maps (class logits for semseg)
+    x = tok.preprocessor.to_model(labels)
+    grid = tok.encode(x)
+    assert grid.shape == (3, 4, 4) and torch.equal(grid.flatten(1), torch.from_numpy(ids).long())
+    out = tok.decode(grid)
+    channels = spec.num_channels if tok.preprocessor.categorical else tok.preprocessor.channels
+    assert out.shape == (3, channels, 32, 32)
+
+
+def test_preprocessors_round_trip(scenes32: dict[str, np.ndarray]) -> None:
+    rgb = scenes32["rgb"][:4]
+    x = PREPROCESSORS["rgb"].to_model(rgb)
+    assert x.shape == (4, 3, 32, 32) and x.min() >= -1 and x.max() <= 1
+    assert np.array_equal(PREPROCESSORS["rgb"].from_model(x), rgb)
+
+    normal = scenes32["normal"][:4]
+    n = PREPROCESSORS["normal"].to_model(normal)
+    back = PREPROCESSORS["normal"].from_model(n * 3.0)  # decode renormalises
+    assert np.allclose(back, normal.astype(np.float32), atol=2e-3)
+    flipped = PREPROCESSORS["normal"].hflip(n)
+    assert torch.allclose(flipped[:, 0], -n[:, 0].flip(-1))
+    assert torch.allclose(flipped[:, 1:], n[:, 1:].flip(-1))
+
+    edges = scenes32["canny_edge"][:4]
+    e = PREPROCESSORS["canny_edge"].to_model(edges)
+    assert set(np.unique(e.numpy())) <= {-1.0, 1.0}
+    logits = e * 5.0  # confident logits of the same map
+    assert np.array_equal(PREPROCESSORS["canny_edge"].from_model(logits), edges)
+    soft = PREPROCESSORS["canny_edge"].soft(logits)
+    assert soft.dtype == np.float32 and 0 <= soft.min() and soft.max() <= 1
+
+    seg = scenes32["semseg"][:4]
+    s = PREPROCESSORS["semseg"].to_model(seg)
+    assert s.dtype == torch.int64
+    onehot = torch.nn.functional.one_hot(s, 134).permute(0, 3, 1, 2).float()
+    assert np.array_equal(PREPROCESSORS["semseg"].from_model(onehot), seg)
+
+
+def test_depth_robust_standardisation(scenes32: dict[str, np.ndarray]) -> None:
+    depth = scenes32["depth"][:4].astype(np.float32)
+    std = robust_standardize(depth)
+    for d in std:
+        lo, hi = np.quantile(d, [0.1, 0.9])
+        kept = d[(d >= lo) & (d <= hi)]
+        assert abs(kept.mean()) < 1e-4 and abs(kept.std() - 1) < 1e-3
+    # invariant to the metric scale and shift the evaluator aligns away
+    assert np.allclose(robust_standardize(depth * 3.0 + 1.0), std, atol=1e-3)
+    assert PREPROCESSORS["depth"].to_model(depth).shape == (4, 1, 32, 32)
+    with_inf = depth.copy()
+    with_inf[0, 0, 0] = np.inf
+    assert np.isfinite(robust_standardize(with_inf)).all()
+
+
+def test_metrics_perfect_reconstruction(scenes32: dict[str, np.ndarray]) -> None:
+    assert PREPROCESSORS["rgb"].metrics(scenes32["rgb"], scenes32["rgb"])["psnr"] > 90
+    n = scenes32["normal"].astype(np.float32)
+    assert PREPROCESSORS["normal"].metrics(n, n)["mean_angle_deg"] < 0.1
+    seg = scenes32["semseg"]
+    assert PREPROCESSORS["semseg"].metrics(seg, seg) == {"pixel_accuracy": 1.0, "miou": 1.0}
+    assert PREPROCESSORS["canny_edge"].metrics(scenes32["canny_edge"], scenes32["canny_edge"])["f1"] == 1.0
+    d = scenes32["depth"].astype(np.float32)
+    m = PREPROCESSORS["depth"].metrics(robust_standardize(d), d)
+    assert m["mse_standardized"] < 1e-8 and m["abs_rel_aligned"] < 1e-3
