@@ -180,6 +180,9 @@ class EvaluateConfig(Strict):
 class FlowConfig(Strict):
     workdir: str = "work/demo"
     seed: int = 0
+    # Intra-op threads of torch/OpenMP in this process (None: the library default). On
+    # small shared CPU machines one thread per process is much faster than two.
+    threads: int | None = None
     ray: RayConfig = RayConfig()
     modalities: ModalitiesConfig
     ingest: IngestConfig = IngestConfig()

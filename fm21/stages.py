@@ -11,6 +11,8 @@ fingerprint is skipped unless forced.
 from __future__ import annotations
 
 import logging
+import os
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -99,8 +101,18 @@ def stage_fingerprint(cfg: FlowConfig, name: str) -> str:
     return fingerprint_of(payload)
 
 
+def apply_threads(threads: int | None) -> None:
+    """Set torch/OpenMP intra-op threads for this process (before or after torch loads)."""
+    if not threads:
+        return
+    os.environ["OMP_NUM_THREADS"] = str(threads)
+    if "torch" in sys.modules:
+        sys.modules["torch"].set_num_threads(threads)
+
+
 def run_stage(cfg: FlowConfig, name: str, *, force: bool = False) -> dict:
     """Run one stage unless its manifest already matches its inputs; returns the manifest."""
+    apply_threads(cfg.threads)
     ctx = RunContext.from_config(cfg)
     path = ctx.workdir.manifest(name)
     fp = stage_fingerprint(cfg, name)

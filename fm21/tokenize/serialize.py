@@ -85,7 +85,8 @@ class MetadataField:
             v = int(value) // 32
         elif self.rule == "float":
             # int((clip(v) - vmin) / (vmax - vmin) * 49): 50 bins, 0..49
-            v = int((np.clip(value, self.vmin, self.vmax) - self.vmin) / (self.vmax - self.vmin) * 49)
+            clipped = float(np.clip(value, self.vmin, self.vmax))
+            v = int((clipped - self.vmin) / (self.vmax - self.vmin) * 49)
         elif self.rule == "bins":
             v = int(np.searchsorted(np.asarray(self.edges), value, side="right"))
         else:

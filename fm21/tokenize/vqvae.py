@@ -4,10 +4,11 @@ The reference uses ViT-B encoder/decoder (REFERENCE §7); fm21's default trunk i
 conv net, the CPU-friendly choice for the tiny recipe. Trunks sit behind ``TRUNKS`` so a
 ViT trunk can be added without touching ``VQVAE``.
 
-Conv trunk: ``S = log2(patch_size)`` stride-2 stages. Widths double toward the token
-grid and reach ``hidden_dim`` there (``hidden_dim / 2**(S-l)`` at level ``l``, at least
-16), so most compute sits at the coarse levels; each level has ``num_layers`` residual
-blocks. The decoder mirrors it with nearest-upsample + conv.
+Conv trunk: ``S = log2(patch_size)`` stride-2 levels (a 2x2 patchify stem, then 4x4
+stride-2 convs). Widths double toward the token grid and reach ``hidden_dim`` there
+(``hidden_dim / 2**(S-l)`` at level ``l``, at least 16), so most compute sits at the
+coarse levels; every level but the finest has ``num_layers`` residual blocks. The
+decoder mirrors it with stride-2 transposed convs and ends in a per-pixel linear head.
 """
 
 from __future__ import annotations
@@ -90,12 +91,15 @@ class ConvDecoder(nn.Module):
             layers += [ResBlock(w) for _ in range(_num_blocks(i, len(widths), cfg.num_layers))]
             nxt = widths[i - 1] if i > 0 else w
             layers += [_norm(w), nn.SiLU(), nn.ConvTranspose2d(w, nxt, 4, stride=2, padding=1)]
-        # 1x1 head: a 3x3 conv to 134 semseg logits at full resolution is the costliest layer
-        layers += [_norm(widths[0]), nn.SiLU(), nn.Conv2d(widths[0], out_channels, 1)]
+        layers += [_norm(widths[0]), nn.SiLU()]
         self.net = nn.Sequential(*layers)
+        # Per-pixel linear head applied channels-last: with 134 semseg logits at full
+        # resolution, NCHW logits would cost a layout copy in every softmax.
+        self.head = nn.Linear(widths[0], out_channels)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net(x)
+        feat = self.net(x).permute(0, 2, 3, 1)  # (B, R, R, W)
+        return self.head(feat).permute(0, 3, 1, 2)  # (B, C_out, R, R), NHWC in memory
 
 
 # trunk name -> (encoder builder(in_channels, cfg), decoder builder(out_channels, cfg))
@@ -170,5 +174,7 @@ def build_tokenizer(config: TokenizerConfig) -> ImageTokenizer:
         family = TOKENIZER_FAMILIES[config.family]
     except KeyError:
         known = ", ".join(TOKENIZER_FAMILIES)
-        raise ValueError(f"tokenizer family {config.family!r} is not built yet; have {known}") from None
+        raise ValueError(
+            f"tokenizer family {config.family!r} is not built yet; have {known}"
+        ) from None
     return family(config)

@@ -47,6 +47,21 @@ def row_to_sample(row: dict[str, Any], specs: dict[str, ModalitySpec]) -> dict[s
     return sample
 
 
+def table_rows(table) -> Iterator[dict[str, Any]]:
+    """Arrow table -> row dicts; fixed-size columns become numpy rows (no Python lists)."""
+    import pyarrow as pa
+
+    columns: dict[str, Any] = {}
+    for name in table.column_names:
+        col = table.column(name).combine_chunks()
+        if pa.types.is_fixed_size_list(col.type) and col.null_count == 0:
+            columns[name] = col.flatten().to_numpy(zero_copy_only=False).reshape(len(col), -1)
+        else:
+            columns[name] = col.to_pylist()
+    for i in range(table.num_rows):
+        yield {name: values[i] for name, values in columns.items()}
+
+
 class LanceTokenDataset(IterableDataset):
     """Endless stream of masked samples from one split of tokens.lance."""
 
@@ -85,7 +100,7 @@ class LanceTokenDataset(IterableDataset):
             any_rows = False
             for frag in self._fragments(epoch):
                 table = frag.to_table(columns=columns, filter=f"split = '{self.split}'")
-                for row in table.to_pylist():
+                for row in table_rows(table):
                     any_rows = True
                     yield row
             if not any_rows:
@@ -111,7 +126,7 @@ def read_split(uri: Path, specs: dict[str, ModalitySpec], *, split: str, limit: 
     import lance
 
     table = lance.dataset(str(uri)).to_table(columns=["key", "crop", *specs], filter=f"split = '{split}' AND crop = 0")
-    rows = sorted(table.to_pylist(), key=lambda r: r["key"])
+    rows = sorted(table_rows(table), key=lambda r: r["key"])
     return rows[:limit] if limit else rows
 
 

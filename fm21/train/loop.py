@@ -50,13 +50,14 @@ def _masking(cfg: TrainConfig, specs, seed: int) -> UnifiedMasking:
                           mixture=list(cfg.mixture), seed=seed)
 
 
-def _resume(ckpt_dir: Path, run_fp: str, model: FourM, opt: torch.optim.Optimizer) -> int:
+def _resume(ckpt_dir: Path, run_fp: str, model: FourM, opt: torch.optim.Optimizer, *, steps: int) -> int:
+    """Continue an unfinished run of the same configuration; anything else starts fresh."""
     latest = ckpt_dir / "latest"
     if not (latest / "config.json").exists():
         return 0
     meta = json.loads((latest / "config.json").read_text())
-    if meta.get("extra", {}).get("run_fingerprint") != run_fp:
-        log.info("train: checkpoint in %s is from another run; starting fresh", ckpt_dir)
+    if meta.get("extra", {}).get("run_fingerprint") != run_fp or int(meta["step"]) >= steps:
+        log.info("train: checkpoint in %s is from another or a finished run; starting fresh", ckpt_dir)
         return 0
     loaded, meta = load_checkpoint(latest)
     model.load_state_dict(loaded.state_dict())
@@ -86,7 +87,7 @@ def run_train(cfg: TrainConfig, ctx) -> dict:
     ckpt_dir = ctx.workdir.checkpoints_dir
     run_fp = fingerprint_of({"train": cfg.model_dump(mode="json"),
                              "tokens": (read_manifest(ctx.workdir.manifest("tokens")) or {}).get("fingerprint")})
-    start = _resume(ckpt_dir, run_fp, model, opt)
+    start = _resume(ckpt_dir, run_fp, model, opt, steps=cfg.steps)
     dataset = LanceTokenDataset(uri, specs, _masking(cfg, specs, cfg.seed), seed=cfg.seed + start)
     batches = iter(make_loader(dataset, batch_size=cfg.batch_size, num_workers=cfg.num_workers))
     extra = {"run_fingerprint": run_fp, "tokenizers": store_meta["tokenizers"], "train": cfg.model_dump(mode="json")}
