@@ -37,11 +37,16 @@ def main(
         format="%(asctime)s %(name)s %(levelname)s %(message)s",
         datefmt="%H:%M:%S",
     )
+    for noisy in ("httpx", "httpcore", "matplotlib"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
     try:
         STATE.cfg = load_config(config, recipe=recipe, overrides=set_)
     except ConfigError as err:
         typer.echo(f"error: {err}", err=True)
         raise typer.Exit(2) from None
+    from fm21.stages import apply_threads
+
+    apply_threads(STATE.cfg.threads)  # before torch is imported by any stage
 
 
 def _cfg() -> FlowConfig:

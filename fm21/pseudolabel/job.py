@@ -216,7 +216,7 @@ def _add_missing_columns(uri: Path, schema: pa.Schema, specialists, cfg, ctx, im
     table = _collect(labelled.select_columns(columns))
     ds.merge(table, left_on="key")
     ds = store.open_dataset(uri)
-    ds.replace_schema_metadata({k.decode(): v.decode() for k, v in schema.metadata.items()})
+    ds.update_schema_metadata({k.decode(): v.decode() for k, v in schema.metadata.items()}, replace=True)
     return [c for c in columns if c != "key"]
 
 

@@ -1,0 +1,88 @@
+"""The whole pipeline on the tiny recipe, through the Prefect end_to_end flow."""
+
+from __future__ import annotations
+
+import json
+
+import lance
+import pytest
+
+from fm21.config import load_config
+from fm21.pipelines.flows import run_flow
+from fm21.store.layout import STAGES, Workdir
+from conftest import ROOT
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def pipeline(tmp_path_factory, ray_local):
+    work = tmp_path_factory.mktemp("e2e") / "work"
+    cfg = load_config(ROOT / "flows.yaml", recipe=ROOT / "configs" / "tiny.yaml", overrides=[f"workdir={work}"])
+    first = run_flow("end_to_end", cfg)
+    return cfg, Workdir(work), first
+
+
+def test_every_stage_ran_and_wrote_its_store(pipeline):
+    cfg, wd, first = pipeline
+    assert list(first) == list(STAGES)
+    assert all(state.startswith("ran") for state in first.values())
+    for stage in STAGES:
+        assert json.loads(wd.manifest(stage).read_text())["status"] == "complete"
+    ingest = json.loads(wd.manifest("ingest").read_text())["counts"]
+    assert ingest["inputs"] == ingest["accepted"] + ingest["rejected"] == cfg.ingest.synthetic.num_samples
+    assert len(wd.shard_paths()) == 2
+    assert lance.dataset(str(wd.labels_uri)).count_rows() == ingest["accepted"]
+    tokens = lance.dataset(str(wd.tokens_uri))
+    assert tokens.count_rows() == ingest["accepted"] * cfg.tokens.num_crops
+    for name in ("tok_rgb", "tok_depth", "tok_normal", "tok_semseg"):
+        folder = wd.tokenizers_dir / name
+        assert (folder / "model.safetensors").exists() and (folder / "recon.png").exists()
+        assert "codebook_usage" in json.loads((folder / "metrics.json").read_text())
+    assert (wd.tokenizers_dir / "text" / "tokenizer.json").exists()
+    assert (wd.checkpoints_dir / "latest" / "model.safetensors").exists()
+    assert (wd.stage_dir("train") / "loss.png").exists()
+
+
+def test_token_store_schema_and_stats(pipeline):
+    cfg, wd, _ = pipeline
+    from fm21.store.stats import format_stats, token_store_stats
+
+    schema = lance.dataset(str(wd.tokens_uri)).schema
+    assert str(schema.field("tok_depth").type) == "fixed_size_list<item: int16>[16]"
+    assert str(schema.field("caption").type) == "list<item: int32>"
+    stats = token_store_stats(wd.tokens_uri)
+    assert stats["modalities"]["tok_depth"]["coverage"] == 1.0
+    assert 0 < stats["modalities"]["tok_depth"]["usage"] <= 1
+    assert set(stats["splits"]) == {"train", "val"}
+    assert "tok_semseg" in format_stats(stats)
+
+
+def test_report_scores_generation_against_truth(pipeline):
+    cfg, wd, _ = pipeline
+    metrics = json.loads((wd.reports_dir / "metrics.json").read_text())
+    assert set(metrics["tasks"]) == {"depth", "normal", "semseg"}
+    for task in metrics["tasks"].values():
+        assert {"4m", "tokenizer_bound", "baseline"} <= set(task)
+    depth = metrics["tasks"]["depth"]
+    assert 0 <= depth["4m"]["delta1"] <= 1 and depth["baseline"]["abs_rel"] > 0
+    report = (wd.reports_dir / "report.md").read_text()
+    assert "| depth | delta1" in report and (wd.reports_dir / "samples.png").exists()
+
+
+def test_second_run_skips_everything_and_changes_nothing(pipeline):
+    cfg, wd, _ = pipeline
+    versions = (lance.dataset(str(wd.labels_uri)).version, lance.dataset(str(wd.tokens_uri)).version)
+    manifests = {s: wd.manifest(s).read_text() for s in STAGES}
+    second = run_flow("end_to_end", cfg)
+    assert all(state.startswith("skipped") for state in second.values()), second
+    assert versions == (lance.dataset(str(wd.labels_uri)).version, lance.dataset(str(wd.tokens_uri)).version)
+    assert manifests == {s: wd.manifest(s).read_text() for s in STAGES}
+
+
+def test_changed_training_config_reruns_only_downstream(pipeline):
+    cfg, wd, _ = pipeline
+    changed = load_config(ROOT / "flows.yaml", recipe=ROOT / "configs" / "tiny.yaml",
+                          overrides=[f"workdir={wd.root}", "train.steps=12"])
+    result = run_flow("end_to_end", changed)
+    assert [s for s, state in result.items() if state.startswith("ran")] == ["train", "evaluate"]
