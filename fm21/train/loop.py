@@ -35,12 +35,16 @@ def lr_at(step: int, cfg: TrainConfig) -> float:
 
 
 def build_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
-    """AdamW (0.9, 0.95); no weight decay on norms and biases (mod/pos embeddings decay)."""
+    """AdamW (0.9, 0.95); no weight decay on norms and biases (mod/pos embeddings decay).
+
+    Chosen by shape, not name: in FourM the 1-d parameters are exactly the norm weights
+    and biases, while a name test would also catch every ``tok_normal`` parameter.
+    """
     decay, no_decay = [], []
-    for name, p in model.named_parameters():
+    for p in model.parameters():
         if not p.requires_grad:
             continue
-        (no_decay if "norm" in name or name.endswith(".bias") else decay).append(p)
+        (no_decay if p.ndim <= 1 else decay).append(p)
     groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
     return torch.optim.AdamW(groups, lr=cfg.lr, betas=(0.9, 0.95), eps=1e-8)
 
