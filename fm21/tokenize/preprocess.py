@@ -157,7 +157,7 @@ class EdgePreprocessor(Preprocessor):
     smooth-L1; on the tiny recipe a 1-px edge map (about 5% positives) under a regression
     loss collapses to "no edge" (F1 = 0), so fm21 uses a positive-weighted BCE instead."""
 
-    pos_weight: float = 2.0
+    pos_weight: float = 4.0
 
     def to_model(self, labels: np.ndarray) -> torch.Tensor:
         """``(B, R, R)`` uint8 0/255 -> ``(B, 1, R, R)`` in [-1, 1]."""

@@ -52,3 +52,15 @@ def make_scenes(num: int, resolution: int, *, seed: int = 0) -> dict[str, np.nda
 @pytest.fixture(scope="session")
 def scenes32() -> dict[str, np.ndarray]:
     return make_scenes(64, 32, seed=0)
+
+
+@pytest.fixture(autouse=True)
+def _one_torch_thread():
+    """These tiny models run faster and steadier on one intra-op thread; on a shared
+    2-core machine two spinning OpenMP threads can slow a run down tenfold."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -18,7 +18,8 @@ from fm21.tokenize.vqvae import build_tokenizer
 def _random_tok(name: str = "tok_normal"):
     torch.manual_seed(0)
     spec = MODALITIES[name].at(resolution=32, patch_size=8, vocab_size=64)
-    return build_tokenizer(TokenizerConfig.from_spec(spec, VQTokenizerConfig(hidden_dim=32, num_layers=1)))
+    cfg = VQTokenizerConfig(hidden_dim=32, num_layers=1)
+    return build_tokenizer(TokenizerConfig.from_spec(spec, cfg))
 
 
 @pytest.mark.parametrize("name", ["tok_normal", "tok_semseg"])

@@ -51,14 +51,18 @@ def test_det_threshold_order_and_empty() -> None:
         {"box": [0.1, 0.0, 0.2, 0.3], "class_name": "hot dog", "score": 0.61},
         {"box": [0.0, 0.0, 0.1, 0.1], "class_name": "cat", "score": 0.59},  # below 0.6
     ]
-    assert serialize_det(inst) == "v0=100 v1=0 v2=200 v3=300 hot dog v0=500 v1=500 v2=899 v3=899 dog"
+    assert serialize_det(inst) == (
+        "v0=100 v1=0 v2=200 v3=300 hot dog v0=500 v1=500 v2=899 v3=899 dog"
+    )
     assert serialize_det(inst[2:]) == ""
     assert parse_det("") == []
 
 
 def test_color_palette_round_trip_exact(text_tok: TextTokenizer) -> None:
     rng = np.random.default_rng(1)
-    palettes = {k: [tuple(int(c) for c in rng.integers(0, 256, 3)) for _ in range(k)] for k in range(1, 8)}
+    palettes = {
+        k: [tuple(int(c) for c in rng.integers(0, 256, 3)) for _ in range(k)] for k in range(1, 8)
+    }
     for k in range(1, 8):
         text = serialize_color_palette(palettes, k)
         assert len(text_tok.encode(text)) == 1 + 3 * k
