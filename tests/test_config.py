@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
+import yaml
 
 from fm21.config import ConfigError, load_config, parse_overrides
-from conftest import ROOT
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_default_config_loads_and_is_frozen():
@@ -20,7 +23,9 @@ def test_default_config_loads_and_is_frozen():
 
 def test_unknown_key_names_path_and_file(tmp_path):
     bad = tmp_path / "flows.yaml"
-    bad.write_text((ROOT / "flows.yaml").read_text().replace("  batch_size: 32\n", "  batch_sise: 32\n", 1))
+    data = yaml.safe_load((ROOT / "flows.yaml").read_text())
+    data["train"]["batch_sise"] = 32  # a misspelt key
+    bad.write_text(yaml.safe_dump(data))
     with pytest.raises(ConfigError) as err:
         load_config(bad)
     assert "train.batch_sise" in str(err.value)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import lance
 import pytest
@@ -10,7 +11,8 @@ import pytest
 from fm21.config import load_config
 from fm21.pipelines.flows import run_flow
 from fm21.store.layout import STAGES, Workdir
-from conftest import ROOT
+
+ROOT = Path(__file__).resolve().parents[1]
 
 pytestmark = pytest.mark.slow
 

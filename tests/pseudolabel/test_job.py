@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import lance
 import numpy as np
@@ -13,11 +14,12 @@ from fm21.stages import run_stage
 from fm21.store import labels as store
 from fm21.store.layout import Workdir
 
+ROOT = Path(__file__).resolve().parents[2]
+
 
 @pytest.fixture(scope="module")
 def labelled(tmp_path_factory, ray_local):
     from fm21.config import load_config
-    from conftest import ROOT
 
     work = tmp_path_factory.mktemp("pl") / "work"
     cfg = load_config(ROOT / "flows.yaml", recipe=ROOT / "configs" / "tiny.yaml",
@@ -72,7 +74,6 @@ def test_rerun_adds_nothing_and_resume_fills_gaps(labelled):
 def test_newly_enabled_specialist_adds_columns_without_rewriting(labelled):
     cfg, wd, _ = labelled
     from fm21.config import load_config
-    from conftest import ROOT
 
     base = [f"workdir={wd.root}", "ingest.synthetic.num_samples=40", "ingest.samples_per_shard=16",
             "pseudolabel.rows_per_commit=16"]
