@@ -90,6 +90,21 @@ def run(
     summary = run_flow(flow, _cfg(), force=force)
     for name, state in summary.items():
         typer.echo(f"  {name:12s} {state}")
+    _echo_outputs(_cfg())
+
+
+def _echo_outputs(cfg: FlowConfig) -> None:
+    """Where the run's results are, and the evaluation table if there is one."""
+    from pathlib import Path
+
+    from fm21.store.layout import Workdir
+
+    wd = Workdir(Path(cfg.workdir))
+    typer.echo(f"\nworkdir {wd.root}: shards {wd.shards_dir}, labels {wd.labels_uri}, tokens {wd.tokens_uri}")
+    report = wd.reports_dir / "report.md"
+    if report.exists():
+        typer.echo(f"report {report} (samples: {wd.reports_dir / 'samples.png'}, loss: {wd.stage_dir('train') / 'loss.png'})")
+        typer.echo("\n".join(line for line in report.read_text().splitlines() if line.startswith("|")))
 
 
 @app.command()

@@ -59,3 +59,7 @@ def task_metrics(task: str, pred: np.ndarray, true: np.ndarray, *, num_classes: 
 
 # Which metric decides "better", and in which direction.
 HEADLINE = {"depth": ("delta1", +1), "normal": ("mean_angle", -1), "semseg": ("miou", +1)}
+
+# Direction of every reported metric: +1 higher is better, -1 lower is better.
+DIRECTION = {"delta1": +1, "abs_rel": -1, "mean_angle": -1, "median_angle": -1, "within_11.25": +1,
+             "miou": +1, "pixel_acc": +1}

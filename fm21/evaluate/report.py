@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from fm21.evaluate.metrics import HEADLINE
+from fm21.evaluate.metrics import DIRECTION, HEADLINE
 from fm21.tokenize.grid import labels_to_rgb, save_grid
 
 COLUMNS = (("4m", "4M (RGB→X)"), ("tokenizer_bound", "tokenizer bound"), ("baseline", "trivial baseline"))
@@ -18,11 +18,11 @@ def _table(summary: dict) -> list[str]:
     lines = ["| task | metric | " + " | ".join(c[1] for c in COLUMNS) + " | 4M beats baseline |",
              "|---|---|" + "---|" * len(COLUMNS) + "---|"]
     for task, res in summary["tasks"].items():
-        headline, sign = HEADLINE[task]
+        headline, _ = HEADLINE[task]
         for metric in res["4m"]:
             if metric.startswith("num_"):
                 continue
-            arrow = ARROW[sign] if metric == headline else ""
+            arrow = ARROW[DIRECTION[metric]]
             vals = " | ".join(f"{res[c][metric]:.4f}" for c, _ in COLUMNS)
             beats = ("**yes**" if res["beats_baseline"] else "no") if metric == headline else ""
             lines.append(f"| {task} | {metric} {arrow} | {vals} | {beats} |")
