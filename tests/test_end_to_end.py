@@ -88,3 +88,18 @@ def test_changed_training_config_reruns_only_downstream(pipeline):
                           overrides=[f"workdir={wd.root}", "train.steps=12"])
     result = run_flow("end_to_end", changed)
     assert [s for s, state in result.items() if state.startswith("ran")] == ["train", "evaluate"]
+
+
+def test_killed_tokens_run_resumes_without_duplicates(pipeline):
+    cfg, wd, _ = pipeline
+    from fm21.stages import run_stage
+
+    ds = lance.dataset(str(wd.tokens_uri))
+    keys = sorted(set(ds.to_table(columns=["key"]).column("key").to_pylist()))
+    before = {r["key"]: r["tok_depth"] for r in ds.to_table(columns=["key", "tok_depth"]).to_pylist()}
+    ds.delete("key IN (" + ", ".join(f"'{k}'" for k in keys[:7]) + ")")  # as if killed before these
+    manifest = run_stage(cfg, "tokens", force=True)
+    assert manifest["counts"]["new_samples"] == 7
+    after = lance.dataset(str(wd.tokens_uri)).to_table(columns=["key", "crop", "tok_depth"]).to_pylist()
+    assert len(after) == len(before) and len({(r["key"], r["crop"]) for r in after}) == len(after)
+    assert all(r["tok_depth"] == before[r["key"]] for r in after)  # same tokenizers, same crops: same ids
