@@ -32,37 +32,18 @@ DEFAULT_THREADS = "1,2"
 
 
 # ------------------------------------------------------------------ worker (one thread count)
-def random_sample(specs: dict, rng: Any, *, first_text_id: int) -> dict:
-    """A sample in the data contract: pixels (3, R, R) float, grid ids (N,), sequence id
-    lists in [first_text_id, vocab), metadata as [id, id] chunks."""
-    import numpy as np
-
-    sample: dict = {}
-    for name, spec in specs.items():
-        if spec.kind == "pixels":
-            sample[name] = rng.standard_normal((3, spec.resolution, spec.resolution)).astype(np.float32)
-        elif spec.is_image_like:
-            sample[name] = rng.integers(0, spec.vocab_size, spec.num_tokens)
-        elif name == "metadata":
-            num_chunks = int(rng.integers(2, max(3, spec.max_seq_len // 2)))
-            sample[name] = [rng.integers(first_text_id, spec.vocab_size, 2).tolist() for _ in range(num_chunks)]
-        else:
-            n = int(rng.integers(2, spec.max_seq_len))
-            sample[name] = rng.integers(first_text_id, spec.vocab_size, n).tolist()
-    return sample
-
-
 def make_batches(cfg: Any, specs: dict, *, num_batches: int, batch_size: int) -> tuple[list[dict], float]:
     """``num_batches`` collated mod_dicts, and the masking+collate ms per batch."""
     import numpy as np
 
     from fm21.tokenize.text import NUM_SPECIAL_TOKENS
     from fm21.train.loop import _masking
+    from fm21.train.samples import random_sample
     from fm21.train.masking import collate_mod_dicts
 
     rng = np.random.default_rng(0)
     masking = _masking(cfg.train, specs, cfg.seed)
-    samples = [[random_sample(specs, rng, first_text_id=NUM_SPECIAL_TOKENS) for _ in range(batch_size)]
+    samples = [[random_sample(specs, rng, first_text_id=NUM_SPECIAL_TOKENS, num_metadata_chunks=18) for _ in range(batch_size)]
                for _ in range(num_batches)]
     start = time.perf_counter()
     batches = [collate_mod_dicts([masking(s, rng) for s in chunk]) for chunk in samples]

@@ -181,7 +181,7 @@ class FlowConfig(Strict):
     workdir: str = "work/demo"
     seed: int = 0
     # Intra-op threads of torch/OpenMP in this process (None: the library default). On
-    # small shared CPU machines one thread per process is much faster than two.
+    # small shared CPU machines one thread per process is the robust choice (see benchmarks).
     threads: int | None = None
     ray: RayConfig = RayConfig()
     modalities: ModalitiesConfig

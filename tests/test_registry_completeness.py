@@ -78,6 +78,7 @@ def test_every_embedding_builds_and_runs():
     from fm21.config import MixtureComponent
     from fm21.train.masking import UnifiedMasking, collate_mod_dicts
     from fm21.train.model import FourM
+    from fm21.train.samples import random_sample
 
     torch.manual_seed(0)
     model = FourM(
@@ -87,21 +88,7 @@ def test_every_embedding_builds_and_runs():
         assert name in model.mod_emb, name
     rng = np.random.default_rng(0)
     masking = UnifiedMasking(TINY, num_input_tokens=32, num_target_tokens=32, mixture=[MixtureComponent()], seed=0)
-    samples = []
-    for _ in range(2):
-        sample = {}
-        for name, spec in TINY.items():
-            if spec.kind == "pixels":
-                sample[name] = rng.standard_normal((3, 32, 32)).astype(np.float32)
-            elif spec.kind == "embedding":
-                sample[name] = rng.standard_normal((5, spec.embedding_dim)).astype(np.float32)
-            elif spec.is_image_like:
-                sample[name] = rng.integers(0, spec.vocab_size, spec.num_tokens)
-            elif name == "metadata":
-                sample[name] = [[4300, 4301], [4302, 4303]]
-            else:
-                sample[name] = rng.integers(4284, 4500, 6).tolist()
-        samples.append(masking(sample, rng))
+    samples = [masking(random_sample(TINY, rng, first_text_id=4284), rng) for _ in range(2)]
     loss, per_mod = model(collate_mod_dicts(samples))
     assert torch.isfinite(loss)
     assert set(per_mod) <= {n for n, s in TINY.items() if s.can_be_target}

@@ -58,7 +58,9 @@ def plan_specialists(cfg: PseudolabelConfig, specs: dict) -> list[str]:
                 visit(produced[column], path + (name,))
         order.append(name)
 
-    for name in sorted(enabled):
+    # The image column goes first: later specialists read its pixels instead of
+    # decoding the PNG again.
+    for name in ["image", *sorted(enabled - {"image"})]:
         visit(name, ())
     return order
 
@@ -94,16 +96,23 @@ def shard_keys(path: Path) -> list[str]:
 
 
 # ------------------------------------------------------------------ worker side
-def decode_batch(table: pa.Table, requires: tuple[str, ...]) -> dict[str, Any]:
-    """Raw shard columns (+ earlier specialists' columns) -> the specialist batch contract."""
+def decode_batch(table: pa.Table, requires: tuple[str, ...], *, needs_gt: bool = True) -> dict[str, Any]:
+    """Raw shard columns (+ earlier specialists' columns) -> the specialist batch contract.
+
+    Pixels come from the ``rgb`` column once the image specialist has run (decoding the
+    PNG only for the first one); ground truth is decoded only for those that read it.
+    """
     from PIL import Image
 
     batch: dict[str, Any] = {"key": table.column("key").to_pylist()}
-    batch["rgb"] = np.stack([
-        np.asarray(Image.open(io.BytesIO(b)).convert("RGB")) for b in table.column("png").to_pylist()
-    ])  # (B, S, S, 3)
+    if "rgb" in table.column_names:
+        batch["rgb"] = store.column_to_python(table.column("rgb"), table.schema.field("rgb"))  # (B, S, S, 3)
+    else:
+        batch["rgb"] = np.stack([
+            np.asarray(Image.open(io.BytesIO(b)).convert("RGB")) for b in table.column("png").to_pylist()
+        ])  # (B, S, S, 3)
     batch["meta"] = [json.loads(b) for b in table.column("json").to_pylist()]
-    gts = table.column("gt.npz").to_pylist() if "gt.npz" in table.column_names else [None] * len(table)
+    gts = table.column("gt.npz").to_pylist() if needs_gt and "gt.npz" in table.column_names else [None] * len(table)
     batch["gt"] = [None if b is None else dict(np.load(io.BytesIO(b))) for b in gts]
     for name in requires:
         if name in table.column_names:
@@ -120,7 +129,7 @@ class SpecialistActor:
         self.fields = self.specialist.columns()
 
     def __call__(self, table: pa.Table) -> pa.Table:
-        batch = decode_batch(table, self.specialist.requires)
+        batch = decode_batch(table, self.specialist.requires, needs_gt=self.specialist.oracle)
         out = self.specialist(batch)
         for field in self.fields:
             table = table.append_column(field, pa.array(out[field.name], type=field.type))

@@ -10,6 +10,7 @@ import torch
 from fm21.config import MixtureComponent, ModelConfig
 from fm21.modalities import ModalitySpec, resolve_specs
 from fm21.train.masking import UnifiedMasking, collate_mod_dicts
+from fm21.train import samples
 from fm21.train.model import FourM
 
 NAMES = ["rgb", "tok_depth", "tok_normal", "tok_dinov2_global", "caption", "color_palette", "metadata"]
@@ -26,18 +27,7 @@ def tiny_specs() -> dict[str, ModalitySpec]:
 
 def random_sample(specs: dict[str, ModalitySpec], rng: np.random.Generator) -> dict:
     """A sample in the data contract: pixels, grid ids, id lists, metadata chunks."""
-    sample: dict = {}
-    for name, spec in specs.items():
-        if spec.kind == "pixels":
-            sample[name] = rng.standard_normal((3, spec.resolution, spec.resolution)).astype(np.float32)
-        elif spec.is_image_like:
-            sample[name] = rng.integers(0, spec.vocab_size, spec.num_tokens)
-        elif name == "metadata":
-            sample[name] = [[int(rng.integers(204, 299)), int(rng.integers(204, 299))] for _ in range(4)]
-        else:
-            n = int(rng.integers(2, spec.max_seq_len))
-            sample[name] = rng.integers(204, spec.vocab_size, n).tolist()
-    return sample
+    return samples.random_sample(specs, rng, first_text_id=204)
 
 
 def tiny_masking(specs, *, mixture=None, seed: int = 0) -> UnifiedMasking:
