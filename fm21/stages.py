@@ -83,16 +83,18 @@ def stage_slice(cfg: FlowConfig, name: str) -> Any:
     return getattr(cfg, name)
 
 
-def stage_fingerprint(cfg: FlowConfig, name: str) -> str:
-    workdir = Workdir(Path(cfg.workdir))
-    upstream = {}
-    for dep in UPSTREAM[name]:
-        manifest = read_manifest(workdir.manifest(dep)) or {}
-        upstream[dep] = manifest.get("fingerprint")
+def upstream_manifests(workdir: Workdir, name: str) -> dict[str, dict]:
+    """The manifests of the stages ``name`` reads from ({} where one is missing)."""
+    return {dep: read_manifest(workdir.manifest(dep)) or {} for dep in UPSTREAM[name]}
+
+
+def stage_fingerprint(cfg: FlowConfig, name: str, upstream: dict[str, dict] | None = None) -> str:
+    if upstream is None:
+        upstream = upstream_manifests(Workdir(Path(cfg.workdir)), name)
     payload = {
         "stage": name,
         "config": stage_slice(cfg, name).model_dump(mode="json"),
-        "upstream": upstream,
+        "upstream": {dep: m.get("fingerprint") for dep, m in upstream.items()},
         "fm21": fm21.__version__,
     }
     if name != "ingest":  # ingest does not depend on the modality set
@@ -115,12 +117,13 @@ def run_stage(cfg: FlowConfig, name: str, *, force: bool = False) -> dict:
     apply_threads(cfg.threads)
     ctx = RunContext.from_config(cfg)
     path = ctx.workdir.manifest(name)
-    fp = stage_fingerprint(cfg, name)
+    upstream = upstream_manifests(ctx.workdir, name)
+    fp = stage_fingerprint(cfg, name, upstream)
     old = read_manifest(path)
     if not force and old and old.get("status") == "complete" and old.get("fingerprint") == fp:
         log.info("stage %s: up to date (fingerprint %s), skipped", name, fp)
         return {**old, "skipped": True}
-    missing = [d for d in UPSTREAM[name] if (read_manifest(ctx.workdir.manifest(d)) or {}).get("status") != "complete"]
+    missing = [d for d, m in upstream.items() if m.get("status") != "complete"]
     if missing:
         raise RuntimeError(f"stage {name} needs {', '.join(missing)} to have run first (no complete manifest in {ctx.workdir.root})")
     log.info("stage %s: running (fingerprint %s)", name, fp)
@@ -130,7 +133,7 @@ def run_stage(cfg: FlowConfig, name: str, *, force: bool = False) -> dict:
         "stage": name,
         "status": "complete",
         "fingerprint": fp,
-        "upstream": {d: (read_manifest(ctx.workdir.manifest(d)) or {}).get("fingerprint") for d in UPSTREAM[name]},
+        "upstream": {d: m.get("fingerprint") for d, m in upstream.items()},
         "counts": counts,
         "seconds": round(time.time() - start, 2),
         "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),

@@ -21,7 +21,7 @@ from fm21.config import TokensConfig
 from fm21.modalities import ModalitySpec
 from fm21.store import labels as store
 from fm21.store import tokens as token_store
-from fm21.tokenize.crops import apply_crop, crop_window, is_val_key
+from fm21.tokenize.crops import apply_crop, crop_window, is_val_key, key_hash
 from fm21.tokenize.sequences import serialize
 from fm21.tokenize.stage import TEXT_DIR
 
@@ -57,10 +57,10 @@ class TokenizeActor:
             rows["crop"] += [index] * len(keys)
             rows["split"] += ["val" if is_val_key(k, self.cfg.val_fraction) else "train" for k in keys]
             for name, spec in self.specs.items():
-                rows[name] += self._modality(name, spec, batch, crops, index)
+                rows[name] += self._modality(name, spec, batch, crops, index=index, size=size)
         return pa.table({f.name: pa.array(rows[f.name], type=f.type) for f in self.schema}, schema=self.schema)
 
-    def _modality(self, name: str, spec: ModalitySpec, batch: dict, crops: list, index: int) -> list:
+    def _modality(self, name: str, spec: ModalitySpec, batch: dict, crops: list, *, index: int, size: int) -> list:
         column = spec.label_columns[0]
         if spec.is_image_like:
             maps = np.stack([
@@ -70,10 +70,9 @@ class TokenizeActor:
                 return list(maps.reshape(len(maps), -1))
             return list(self.image[name].encode_labels(maps).astype(np.int16))  # (B, N)
         out = []
-        size = int(np.asarray(batch["rgb"]).shape[1])
         for i, crop in enumerate(crops):
             row = {c: batch[c][i] for c in spec.label_columns}
-            rng = np.random.default_rng([self.cfg.seed, index, hash_key(batch["key"][i])])
+            rng = np.random.default_rng([self.cfg.seed, index, key_hash(batch["key"][i])])
             text = serialize(name, row, crop, size=size, rng=rng)
             out.append(self._ids(text))
         return out
@@ -84,12 +83,6 @@ class TokenizeActor:
         if isinstance(text, list):  # metadata chunks: one field = exactly two ids
             return [i for chunk in text for i in self.text.encode(chunk)]
         return self.text.encode(text)
-
-
-def hash_key(key: str) -> int:
-    import hashlib
-
-    return int.from_bytes(hashlib.sha1(key.encode()).digest()[:4], "little")
 
 
 def _fingerprints(tokenizers_dir: Path, specs: dict[str, ModalitySpec]) -> dict[str, str]:

@@ -86,7 +86,11 @@ def crop_boxes(instances: list[dict], crop: Crop, *, size: int) -> list[dict]:
     return out
 
 
+def key_hash(key: str) -> int:
+    """A stable 32-bit hash of a sample key (Python's hash() changes per process)."""
+    return int.from_bytes(hashlib.sha1(key.encode()).digest()[:4], "little")
+
+
 def is_val_key(key: str, fraction: float) -> bool:
     """Deterministic split by key hash: stable across runs, workers and crops."""
-    h = int.from_bytes(hashlib.sha1(key.encode()).digest()[:4], "little")
-    return h / 2**32 < fraction
+    return key_hash(key) / 2**32 < fraction
