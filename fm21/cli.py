@@ -104,7 +104,8 @@ def _echo_outputs(cfg: FlowConfig) -> None:
     report = wd.reports_dir / "report.md"
     if report.exists():
         typer.echo(f"report {report} (samples: {wd.reports_dir / 'samples.png'}, loss: {wd.stage_dir('train') / 'loss.png'})")
-        typer.echo("\n".join(line for line in report.read_text().splitlines() if line.startswith("|")))
+        verdict = report.read_text().split("## Every metric")[0]  # the headline table only
+        typer.echo("\n".join(line for line in verdict.splitlines() if line.startswith("|")))
 
 
 @app.command()

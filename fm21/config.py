@@ -110,6 +110,8 @@ class TokenizersConfig(Strict):
     train_samples: int = 512  # rows of labels.lance sampled for training
     image: dict[str, VQTokenizerConfig] = Field(default_factory=dict)  # per modality
     text: TextTokenizerConfig = TextTokenizerConfig()
+    num_cpus: float = 1.0  # per tokenizer training task (its torch threads: int(num_cpus))
+    num_gpus: float = 0.0
     seed: int = 0
 
 
@@ -133,6 +135,13 @@ class ModelConfig(Strict):
     decoder_depth: int = 12
     num_heads: int = 12
     mlp_ratio: float = 4.0
+    # Relative size of content and position at init. The reference's values (embeddings
+    # N(0, 0.02), unit-amplitude sin-cos positions) suit billions of tokens; on a CPU
+    # budget they cost a long plateau: token content drowned by positions (copying an
+    # input token is not learned), and pixel content drowning the positions that route
+    # decoder queries to their patch. docs/learning.md has the measurements.
+    token_emb_std: float = 0.02  # init std of the encoder's token embeddings
+    pos_emb_scale: float = 1.0  # multiplies every fixed sin-cos position table
 
 
 class MixtureComponent(Strict):
@@ -159,6 +168,8 @@ class TrainConfig(Strict):
     weight_decay: float = 0.05
     grad_clip: float = 1.0
     log_every: int = 10
+    val_every: int = 100  # validation loss on held-out rows with a fixed masking; 0: never
+    val_samples: int = 64  # held-out rows (crop 0) in the validation batches
     checkpoint_every: int = 500
     device: str = "cpu"
     num_workers: int = 0

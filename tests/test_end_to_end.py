@@ -65,11 +65,15 @@ def test_report_scores_generation_against_truth(pipeline):
     metrics = json.loads((wd.reports_dir / "metrics.json").read_text())
     assert set(metrics["tasks"]) == {"depth", "normal", "semseg"}
     for task in metrics["tasks"].values():
-        assert {"4m", "tokenizer_bound", "baseline"} <= set(task)
-    depth = metrics["tasks"]["depth"]
-    assert 0 <= depth["4m"]["delta1"] <= 1 and depth["baseline"]["abs_rel"] > 0
+        for scope in ("all", "objects"):
+            assert {"4m", "tokenizer_bound", *task["baselines"]} <= set(task["scores"][scope])
+            assert task["strongest_baseline"][scope] in task["baselines"]
+            assert scope in task["gap_closed"]
+    depth = metrics["tasks"]["depth"]["scores"]
+    assert 0 <= depth["all"]["4m"]["delta1"] <= 1 and depth["all"]["per-pixel mean depth"]["abs_rel"] > 0
     report = (wd.reports_dir / "report.md").read_text()
-    assert "| depth | delta1" in report and (wd.reports_dir / "samples.png").exists()
+    assert "| depth | all pixels | delta1" in report and "| depth | object pixels | delta1" in report
+    assert (wd.reports_dir / "samples.png").exists()
 
 
 def test_second_run_skips_everything_and_changes_nothing(pipeline):

@@ -1,4 +1,10 @@
-"""Task metrics against ground truth: depth (delta1, AbsRel), normals (angle), semseg (mIoU)."""
+"""Task metrics against ground truth: depth (delta1, AbsRel), normals (angle), semseg (mIoU).
+
+Every metric takes an optional boolean ``mask`` (B, R, R) of the pixels to score, so the
+same code scores whole images and object pixels only (the layout prior of a scene, floor
+and backdrop, is most of its pixels; a model that ignores the image can score well on
+it, never on the objects). Semseg also takes the ``classes`` its mIoU averages over.
+"""
 
 from __future__ import annotations
 
@@ -9,7 +15,8 @@ def align_depth(pred: np.ndarray, true: np.ndarray) -> np.ndarray:
     """Per-image least-squares scale and shift of ``pred`` onto ``true``.
 
     The depth tokenizer works on robustly standardised depth (REFERENCE §2), so its
-    output has no metric scale; relative-depth evaluation aligns scale and shift first.
+    output has no metric scale; relative-depth evaluation aligns scale and shift first,
+    always on the whole image (a masked score uses the same alignment).
     """
     out = np.empty_like(true, dtype=np.float64)
     for i, (p, t) in enumerate(zip(pred.astype(np.float64), true.astype(np.float64))):
@@ -19,42 +26,78 @@ def align_depth(pred: np.ndarray, true: np.ndarray) -> np.ndarray:
     return out
 
 
-def depth_metrics(pred: np.ndarray, true: np.ndarray) -> dict[str, float]:
+def _select(values: np.ndarray, mask: np.ndarray | None) -> np.ndarray:
+    """Per-pixel values (B, R, R) -> the scored ones, flat."""
+    return values.ravel() if mask is None else values[np.asarray(mask, dtype=bool)]
+
+
+def depth_metrics(pred: np.ndarray, true: np.ndarray, *, mask: np.ndarray | None = None) -> dict[str, float]:
     """delta1 (higher is better) and AbsRel (lower is better) after alignment. (B, R, R)."""
     true = true.astype(np.float64)
     aligned = np.maximum(align_depth(pred, true), 1e-3)
-    ratio = np.maximum(aligned / true, true / aligned)
-    return {"delta1": float((ratio < 1.25).mean()), "abs_rel": float((np.abs(aligned - true) / true).mean())}
+    ratio = _select(np.maximum(aligned / true, true / aligned), mask)
+    abs_rel = _select(np.abs(aligned - true) / true, mask)
+    if ratio.size == 0:
+        return {"delta1": float("nan"), "abs_rel": float("nan")}
+    return {"delta1": float((ratio < 1.25).mean()), "abs_rel": float(abs_rel.mean())}
 
 
-def normal_metrics(pred: np.ndarray, true: np.ndarray) -> dict[str, float]:
+def normal_metrics(pred: np.ndarray, true: np.ndarray, *, mask: np.ndarray | None = None) -> dict[str, float]:
     """Mean and median angle error in degrees (lower is better). (B, R, R, 3)."""
     p = pred / np.maximum(np.linalg.norm(pred, axis=-1, keepdims=True), 1e-6)
     t = true / np.maximum(np.linalg.norm(true, axis=-1, keepdims=True), 1e-6)
-    angle = np.degrees(np.arccos(np.clip((p * t).sum(-1), -1.0, 1.0)))
+    angle = _select(np.degrees(np.arccos(np.clip((p * t).sum(-1), -1.0, 1.0))), mask)
+    if angle.size == 0:
+        return {"mean_angle": float("nan"), "median_angle": float("nan"), "within_11.25": float("nan")}
     return {"mean_angle": float(angle.mean()), "median_angle": float(np.median(angle)),
             "within_11.25": float((angle < 11.25).mean())}
 
 
-def semseg_metrics(pred: np.ndarray, true: np.ndarray, *, num_classes: int) -> dict[str, float]:
-    """mIoU over the classes present in ground truth or prediction, and pixel accuracy."""
-    conf = np.bincount(true.astype(np.int64).ravel() * num_classes + pred.astype(np.int64).ravel(),
-                       minlength=num_classes * num_classes).reshape(num_classes, num_classes)
+def confusion(pred: np.ndarray, true: np.ndarray, *, num_classes: int,
+              mask: np.ndarray | None = None) -> np.ndarray:
+    """(num_classes, num_classes) pixel counts, rows = truth, columns = prediction."""
+    t = _select(true.astype(np.int64), mask)
+    p = _select(pred.astype(np.int64), mask)
+    return np.bincount(t * num_classes + p, minlength=num_classes * num_classes).reshape(num_classes, num_classes)
+
+
+def semseg_metrics(pred: np.ndarray, true: np.ndarray, *, num_classes: int, mask: np.ndarray | None = None,
+                   classes: np.ndarray | None = None) -> dict[str, float]:
+    """mIoU and pixel accuracy. IoUs are computed on all pixels; ``classes`` picks which
+    are averaged (default: those present in truth or prediction); ``mask`` restricts the
+    pixel accuracy (and only it: an IoU needs the false positives outside the mask too)."""
+    conf = confusion(pred, true, num_classes=num_classes)
     inter = np.diag(conf)
     union = conf.sum(0) + conf.sum(1) - inter
     present = union > 0
-    return {"miou": float((inter[present] / union[present]).mean()), "pixel_acc": float(inter.sum() / conf.sum()),
-            "num_classes_present": int(present.sum())}
+    if classes is not None:
+        chosen = np.zeros(num_classes, bool)
+        chosen[np.asarray(classes, dtype=np.int64)] = True
+        present = chosen & (conf.sum(1) > 0)  # classes of the set that occur in truth
+    t, p = _select(true.astype(np.int64), mask), _select(pred.astype(np.int64), mask)
+    miou = float((inter[present] / np.maximum(union[present], 1)).mean()) if present.any() else float("nan")
+    acc = float((t == p).mean()) if t.size else float("nan")
+    return {"miou": miou, "pixel_acc": acc, "num_classes_present": int(present.sum())}
 
 
-def task_metrics(task: str, pred: np.ndarray, true: np.ndarray, *, num_classes: int = 134) -> dict[str, float]:
+def task_metrics(task: str, pred: np.ndarray, true: np.ndarray, *, num_classes: int = 134,
+                 mask: np.ndarray | None = None, classes: np.ndarray | None = None) -> dict[str, float]:
     if task == "depth":
-        return depth_metrics(pred, true)
+        return depth_metrics(pred, true, mask=mask)
     if task == "normal":
-        return normal_metrics(pred, true)
+        return normal_metrics(pred, true, mask=mask)
     if task == "semseg":
-        return semseg_metrics(pred, true, num_classes=num_classes)
+        return semseg_metrics(pred, true, num_classes=num_classes, mask=mask, classes=classes)
     raise KeyError(f"no metrics for task {task!r}")
+
+
+def gap_closed(value: float, prior: float, bound: float) -> float:
+    """How far ``value`` went from the prior toward the bound: 0 = prior, 1 = bound.
+    Direction-free (the signs cancel); NaN when the bound does not beat the prior."""
+    span = bound - prior
+    if not np.isfinite(span) or abs(span) < 1e-12:
+        return float("nan")
+    return float((value - prior) / span)
 
 
 # Which metric decides "better", and in which direction.

@@ -2,9 +2,12 @@
 
 For each task the trained 4M model generates the target's tokens from RGB pixels alone
 (MaskGIT or ROAR), the task's tokenizer decodes them, and the result is scored against
-the ground-truth labels of held-out samples beside two references:
+the ground-truth labels of held-out samples beside:
 - the tokenizer-only bound: ground truth -> tokens -> decode (what a perfect 4M could reach);
-- a trivial baseline: per-image mean depth, the training set's mean normal, its majority class.
+- image-blind baselines (``fm21.evaluate.baselines``), the strongest being the per-pixel
+  prior of the training split; the verdict compares 4M with the strongest of them.
+Every prediction is scored on all pixels and on object pixels only (instance id != 0),
+and the report gives the fraction of the prior-to-bound gap 4M closes in both.
 """
 
 from __future__ import annotations
@@ -16,7 +19,8 @@ import numpy as np
 import torch
 
 from fm21.config import EvaluateConfig
-from fm21.evaluate.metrics import HEADLINE, task_metrics
+from fm21.evaluate.baselines import BASELINES, object_classes
+from fm21.evaluate.metrics import HEADLINE, gap_closed, task_metrics
 from fm21.evaluate.report import write_report
 from fm21.evaluate.sampler import generate, init_empty_target, init_full_input
 from fm21.store import labels as label_store
@@ -27,7 +31,10 @@ from fm21.train.loader import read_split, row_to_sample
 log = logging.getLogger("fm21")
 
 TASKS = {"depth": "tok_depth", "normal": "tok_normal", "semseg": "tok_semseg"}
+OBJECT_COLUMN = "instance"  # instance ids; 0 = no object (floor, wall, sky, stuff)
 BATCH = 16
+NUM_PRIOR_SAMPLES = 1024  # training rows the per-pixel prior is estimated from
+SCOPES = ("all", "objects")
 
 
 def ground_truth(uri, column: str, keys: list[str], *, out_size: int) -> np.ndarray:
@@ -36,17 +43,8 @@ def ground_truth(uri, column: str, keys: list[str], *, out_size: int) -> np.ndar
     by_key = dict(zip(data["key"], data[column]))
     maps = [by_key[k] for k in keys]
     full = Crop(0, 0, maps[0].shape[0], maps[0].shape[0], False)
-    return np.stack([apply_crop(m, full, kind=column, out_size=out_size) for m in maps]).astype(np.float32 if column != "semseg" else np.uint8)
-
-
-def trivial_baseline(task: str, truth: np.ndarray, train: np.ndarray) -> np.ndarray:
-    if task == "depth":  # the image's own mean depth everywhere
-        return np.broadcast_to(truth.mean(axis=(1, 2), keepdims=True), truth.shape).copy()
-    if task == "normal":  # the training set's mean normal everywhere
-        mean = train.reshape(-1, 3).mean(0)
-        return np.broadcast_to(mean / np.linalg.norm(mean), truth.shape).copy()
-    counts = np.bincount(train.ravel().astype(np.int64))  # semseg: the majority class
-    return np.full_like(truth, int(counts.argmax()))
+    out = np.stack([apply_crop(m, full, kind=column, out_size=out_size) for m in maps])
+    return out if out.dtype == np.uint8 else out.astype(np.float32)
 
 
 def _generate(model, rows: list[dict], target: str, cfg: EvaluateConfig) -> np.ndarray:
@@ -70,6 +68,29 @@ def _train_keys(tokens_uri, limit: int) -> list[str]:
     return [r["key"] for r in read_split(tokens_uri, {}, split="train", limit=limit)]
 
 
+def score_task(task: str, predictions: dict[str, np.ndarray], truth: np.ndarray, objects: np.ndarray,
+               *, baselines: list[str], num_classes: int, classes: np.ndarray | None) -> dict:
+    """Metrics of every prediction on all pixels and on object pixels; the strongest
+    baseline per scope (by the headline metric); the gap 4M closes toward the bound."""
+    metric, sign = HEADLINE[task]
+    kw = {"num_classes": num_classes} if task == "semseg" else {}
+    scores = {
+        "all": {n: task_metrics(task, p, truth, **kw) for n, p in predictions.items()},
+        "objects": {n: task_metrics(task, p, truth, mask=objects, classes=classes, **kw)
+                    for n, p in predictions.items()},
+    }
+    result: dict = {"scores": scores, "baselines": baselines, "strongest_baseline": {}, "gap_closed": {}}
+    for scope in SCOPES:
+        s = scores[scope]
+        best = max(baselines, key=lambda b: sign * np.nan_to_num(s[b][metric], nan=-sign * np.inf))
+        result["strongest_baseline"][scope] = best
+        result["gap_closed"][scope] = gap_closed(s["4m"][metric], s[best][metric], s["tokenizer_bound"][metric])
+    result["beats_strongest_baseline"] = all(
+        sign * (scores[sc]["4m"][metric] - scores[sc][result["strongest_baseline"][sc]][metric]) > 0 for sc in SCOPES
+    )
+    return result
+
+
 def run_evaluate(cfg: EvaluateConfig, ctx) -> dict:
     from fm21.tokenize.checkpoint import load_tokenizer
 
@@ -81,35 +102,46 @@ def run_evaluate(cfg: EvaluateConfig, ctx) -> dict:
     if not rows:
         raise ValueError(f"{ctx.workdir.tokens_uri} has no validation rows; raise tokens.val_fraction")
     keys = [r["key"] for r in rows]
-    train_keys = _train_keys(ctx.workdir.tokens_uri, 256)
+    train_keys = _train_keys(ctx.workdir.tokens_uri, NUM_PRIOR_SAMPLES)
+    res = model.specs["rgb"].resolution
+    labels_uri = ctx.workdir.labels_uri
+    objects = ground_truth(labels_uri, OBJECT_COLUMN, keys, out_size=res) > 0  # (B, R, R)
     results: dict[str, dict] = {}
     samples: dict[str, dict[str, np.ndarray]] = {}
     for task in tasks:
         target = TASKS[task]
-        spec = model.specs[target]
         tok = load_tokenizer(ctx.workdir.tokenizers_dir / target)
-        truth = ground_truth(ctx.workdir.labels_uri, task, keys, out_size=spec.resolution)
-        train = ground_truth(ctx.workdir.labels_uri, task, train_keys, out_size=spec.resolution)
-        predicted = tok.decode_labels(_generate(model, rows, target, cfg))
-        bound = tok.decode_labels(np.stack([np.asarray(r[target], dtype=np.int64) for r in rows]))
-        baseline = trivial_baseline(task, truth, train)
-        kw = {"num_classes": tok.config.num_channels} if task == "semseg" else {}
-        results[task] = {name: task_metrics(task, pred, truth, **kw)
-                         for name, pred in (("4m", predicted), ("tokenizer_bound", bound), ("baseline", baseline))}
-        metric, sign = HEADLINE[task]
-        results[task]["beats_baseline"] = sign * (results[task]["4m"][metric] - results[task]["baseline"][metric]) > 0
-        samples[task] = {"truth": truth[:cfg.num_grid_samples], "pred": predicted[:cfg.num_grid_samples],
-                         "bound": bound[:cfg.num_grid_samples]}
-        log.info("evaluate: %s %s", task, {k: v for k, v in results[task].items()})
-    rgb = np.stack([np.asarray(r["rgb"], dtype=np.uint8).reshape(model.specs["rgb"].resolution, -1, 3)
-                    for r in rows[:cfg.num_grid_samples]])
+        truth = ground_truth(labels_uri, task, keys, out_size=res)
+        train = ground_truth(labels_uri, task, train_keys, out_size=res)
+        predictions = {
+            "4m": tok.decode_labels(_generate(model, rows, target, cfg)),
+            "tokenizer_bound": tok.decode_labels(np.stack([np.asarray(r[target], dtype=np.int64) for r in rows])),
+        }
+        for name, baseline in BASELINES[task].items():
+            predictions[name] = baseline(truth, train)
+        classes = None
+        if task == "semseg":
+            train_objects = ground_truth(labels_uri, OBJECT_COLUMN, train_keys, out_size=res) > 0
+            classes = object_classes(train, train_objects)
+        results[task] = score_task(task, predictions, truth, objects, baselines=list(BASELINES[task]),
+                                   num_classes=tok.config.num_channels, classes=classes)
+        if classes is not None:
+            results[task]["object_classes"] = classes.tolist()
+        n, prior = cfg.num_grid_samples, results[task]["strongest_baseline"]["all"]
+        samples[task] = {"truth": truth[:n], "4M": predictions["4m"][:n], "prior": predictions[prior][:n],
+                         "bound": predictions["tokenizer_bound"][:n]}
+        log.info("evaluate: %s gap closed %s", task, results[task]["gap_closed"])
+    rgb = np.stack([np.asarray(r["rgb"], dtype=np.uint8).reshape(res, res, 3) for r in rows[:cfg.num_grid_samples]])
     summary = {"num_samples": len(rows), "checkpoint_step": meta.get("step"), "scheme": cfg.scheme,
-               "num_steps": cfg.num_steps, "tasks": results, "random_parts": _random_parts(ctx)}
+               "num_steps": cfg.num_steps, "temperature": cfg.temperature, "tasks": results,
+               "random_parts": _random_parts(ctx)}
     out = ctx.workdir.reports_dir
     out.mkdir(parents=True, exist_ok=True)
     (out / "metrics.json").write_text(json.dumps(summary, indent=2, default=float))
-    write_report(out, summary, rgb=rgb, samples=samples)
-    return {"num_samples": len(rows), **{f"{t}_beats_baseline": r["beats_baseline"] for t, r in results.items()}}
+    write_report(out, summary, rgb=rgb, keys=keys[:cfg.num_grid_samples], samples=samples)
+    return {"num_samples": len(rows),
+            **{f"{t}_gap_closed": {k: round(v, 3) for k, v in r["gap_closed"].items()} for t, r in results.items()},
+            **{f"{t}_beats_strongest_baseline": r["beats_strongest_baseline"] for t, r in results.items()}}
 
 
 def _random_parts(ctx) -> list[str]:

@@ -68,17 +68,53 @@ def labels_to_rgb(kind: str, labels: np.ndarray) -> np.ndarray:
     return COLORIZERS[kind](labels)
 
 
-def save_grid(rows: list[np.ndarray], path: Path, *, pad: int = 2) -> None:
-    """Rows of ``(B, R, R, 3)`` uint8 images -> one PNG, rows stacked top to bottom."""
+def _text_width(draw, text: str, font) -> int:
+    left, _, right, _ = draw.textbbox((0, 0), text, font=font)
+    return right - left
+
+
+def save_grid(
+    rows: list[np.ndarray],
+    path: Path,
+    *,
+    pad: int = 2,
+    col_labels: list[str] | None = None,
+    row_labels: list[str] | None = None,
+    scale: int = 1,
+) -> None:
+    """Rows of ``(B, R, R, 3)`` uint8 images -> one PNG, rows stacked top to bottom.
+
+    ``col_labels`` become a header line above the columns and ``row_labels`` a margin on
+    the left, so the picture reads without its report. ``scale`` enlarges each tile
+    (nearest neighbour) so that small label maps and the text stay legible.
+    """
+    from PIL import ImageDraw, ImageFont
+
+    font = ImageFont.load_default()
     num_cols = max(len(r) for r in rows)
-    side = rows[0].shape[1]
-    canvas = np.full(
-        (len(rows) * (side + pad) + pad, num_cols * (side + pad) + pad, 3), 255, dtype=np.uint8
-    )
+    side = rows[0].shape[1] * scale
+    probe = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    left = max((_text_width(probe, t, font) for t in row_labels or []), default=-pad) + pad + 4
+    line = 12  # px per header line
+    header = 0
+    if col_labels:
+        header = line * max(len(t.split("\n")) for t in col_labels) + 2
+    canvas = Image.new("RGB", (left + num_cols * (side + pad) + pad, header + len(rows) * (side + pad) + pad),
+                       (255, 255, 255))
+    draw = ImageDraw.Draw(canvas)
+    for j, label in enumerate(col_labels or []):
+        for k, text in enumerate(label.split("\n")):
+            x = left + pad + j * (side + pad) + max(0, (side - _text_width(draw, text, font)) // 2)
+            draw.text((x, 1 + k * line), text, fill=(0, 0, 0), font=font)
     for i, row in enumerate(rows):
+        y = header + pad + i * (side + pad)
+        if row_labels:
+            draw.text((2, y + side // 2 - 5), row_labels[i], fill=(0, 0, 0), font=font)
         for j, img in enumerate(row):
-            y, x = pad + i * (side + pad), pad + j * (side + pad)
-            canvas[y : y + side, x : x + side] = img
+            tile = Image.fromarray(np.asarray(img, dtype=np.uint8))
+            if scale != 1:
+                tile = tile.resize((side, side), Image.NEAREST)
+            canvas.paste(tile, (left + pad + j * (side + pad), y))
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(canvas).save(path)
+    canvas.save(path)

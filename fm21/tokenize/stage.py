@@ -1,8 +1,11 @@
 """The tokenizers stage: train every enabled modality's tokenizer on a sample of labels.lance.
 
 Image-like modalities get a VQ tokenizer each (``tokenizers/<modality>/``: config.json,
-model.safetensors, metrics.json, recon.png); all sequence modalities share one WordPiece
-tokenizer (``tokenizers/text/``) learned on their serialisations.
+model.safetensors, metrics.json, recon.png), trained as one Ray task per modality with
+the CPUs/GPUs of ``tokenizers.num_cpus``/``num_gpus``: the worker reads its label maps
+from labels.lance and writes its checkpoint folder itself; the driver only plans (the
+sampled keys) and gathers the small reports. All sequence modalities share one
+WordPiece tokenizer (``tokenizers/text/``) learned on their serialisations.
 """
 
 from __future__ import annotations
@@ -36,10 +39,16 @@ def training_maps(uri, column: str, keys: list[str], *, out_size: int) -> np.nda
     return np.stack([apply_crop(m, full, kind=column, out_size=out_size) for m in maps])
 
 
-def _train_image(name: str, spec, vcfg: VQTokenizerConfig, maps: np.ndarray, out_dir, seed: int) -> dict:
+def _train_image(name: str, spec, vcfg: VQTokenizerConfig, uri, keys: list[str], out_dir, seed: int,
+                 threads: int) -> dict:
+    """One tokenizer, start to finish, on a worker: read maps, train, save, report."""
+    import torch
+
     from fm21.tokenize.checkpoint import save_tokenizer
     from fm21.tokenize.train_vq import save_recon_grid, train_vq_tokenizer
 
+    torch.set_num_threads(threads)
+    maps = training_maps(uri, spec.label_columns[0], keys, out_size=spec.resolution)
     num_val = max(8, len(maps) // 10)
     train, val = maps[num_val:], maps[:num_val]
     tok, metrics = train_vq_tokenizer(spec, vcfg, train, val, seed=seed)
@@ -54,14 +63,22 @@ def run_tokenizers(cfg: TokenizersConfig, ctx) -> dict:
 
     uri = ctx.workdir.labels_uri
     out_dir = ctx.workdir.tokenizers_dir
+    import ray
+
+    from fm21.ray_runtime import ensure_ray
+
     keys = sample_keys(uri, cfg.train_samples, seed=cfg.seed)
+    names = [n for n, s in ctx.specs.items() if s.kind != "pixels" and s.is_image_like]
     report: dict[str, dict] = {}
-    for name, spec in ctx.specs.items():
-        if spec.kind == "pixels" or not spec.is_image_like:
-            continue
-        vcfg = cfg.image.get(name, VQTokenizerConfig())
-        maps = training_maps(uri, spec.label_columns[0], keys, out_size=spec.resolution)
-        report[name] = _train_image(name, spec, vcfg, maps, out_dir, cfg.seed)
+    if names:
+        ensure_ray(ctx.ray)
+        task = ray.remote(_train_image).options(num_cpus=cfg.num_cpus, num_gpus=cfg.num_gpus)
+        threads = max(1, int(cfg.num_cpus))
+        futures = {n: task.remote(n, ctx.specs[n], cfg.image.get(n, VQTokenizerConfig()), str(uri), keys,
+                                  out_dir, cfg.seed, threads) for n in names}
+        report.update(zip(futures, ray.get(list(futures.values()))))
+        for name in names:
+            log.info("tokenizers: %s %s", name, report[name])
     sequences = [n for n, s in ctx.specs.items() if s.kind == "sequence"]
     if sequences:
         columns = sorted({c for n in sequences for c in ctx.specs[n].label_columns})

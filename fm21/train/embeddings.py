@@ -211,6 +211,19 @@ DECODER_EMBEDDINGS: dict[str, type[nn.Module]] = {
 }
 
 
+@torch.no_grad()
+def scale_sincos_tables(module: nn.Module, scale: float) -> None:
+    """Multiply every fixed sin-cos table (grid ``pos_emb`` buffers, sequence
+    ``pos_table`` buffers) by ``scale``. They are non-persistent buffers rebuilt at
+    construction, so the scale lives in the model config, never in the weights."""
+    if scale == 1.0:
+        return
+    for m in module.modules():
+        for name, buf in m.named_buffers(recurse=False):
+            if name in ("pos_emb", "pos_table"):
+                buf.mul_(scale)
+
+
 def init_mae(module: nn.Module, *, std: float = 0.02) -> None:
     """MAE initialisation: xavier-uniform Linear (q/k/v and k/v scaled separately),
     N(0, std) embeddings and learned position tables, LayerNorm weight 1."""

@@ -19,7 +19,7 @@ import torch
 
 from fm21.config import TrainConfig
 from fm21.train.checkpoint import load_checkpoint, save_checkpoint
-from fm21.train.loader import LanceTokenDataset, make_loader
+from fm21.train.loader import LanceTokenDataset, make_loader, row_to_sample
 from fm21.train.masking import UnifiedMasking
 from fm21.train.model import FourM
 
@@ -76,6 +76,34 @@ def _to_device(mod_dict: dict, device: str) -> dict:
     return {m: {k: v.to(device) for k, v in d.items()} for m, d in mod_dict.items()}
 
 
+def validation_batches(uri, specs, masking: UnifiedMasking, cfg: TrainConfig) -> list[dict]:
+    """Held-out rows masked once with a fixed seed: the same inputs and targets at every
+    evaluation, so the curve moves only with the model."""
+    from fm21.train.loader import read_split
+    from fm21.train.masking import collate_mod_dicts
+
+    if cfg.val_every <= 0:
+        return []
+    rows = read_split(uri, specs, split="val", limit=cfg.val_samples)
+    rng = np.random.default_rng(cfg.seed + 7919)
+    samples = [masking(row_to_sample(r, specs), rng) for r in rows]
+    return [collate_mod_dicts(samples[i:i + cfg.batch_size]) for i in range(0, len(samples), cfg.batch_size)]
+
+
+@torch.no_grad()
+def validation_loss(model: FourM, batches: list[dict], device: str) -> dict[str, float]:
+    """Mean total and per-modality loss over the fixed validation batches."""
+    was_training = model.training
+    model.eval()
+    totals: dict[str, float] = {}
+    for batch in batches:
+        loss, per_mod = model(_to_device(batch, device))
+        for key, value in {"val_loss": loss, **{f"val_loss/{m}": v for m, v in per_mod.items()}}.items():
+            totals[key] = totals.get(key, 0.0) + float(value) / len(batches)
+    model.train(was_training)
+    return totals
+
+
 def run_train(cfg: TrainConfig, ctx) -> dict:
     from fm21.store.manifest import fingerprint_of, read_manifest
     from fm21.store.tokens import check_compatible, read_store_metadata
@@ -94,6 +122,7 @@ def run_train(cfg: TrainConfig, ctx) -> dict:
     start = _resume(ckpt_dir, run_fp, model, opt, steps=cfg.steps)
     dataset = LanceTokenDataset(uri, specs, _masking(cfg, specs, cfg.seed), seed=cfg.seed + start)
     batches = iter(make_loader(dataset, batch_size=cfg.batch_size, num_workers=cfg.num_workers))
+    val_batches = validation_batches(uri, specs, _masking(cfg, specs, cfg.seed), cfg)
     extra = {"run_fingerprint": run_fp, "tokenizers": store_meta["tokenizers"], "train": cfg.model_dump(mode="json")}
     history_path = ctx.workdir.stage_dir("train") / "history.jsonl"
     if start == 0:
@@ -113,8 +142,11 @@ def run_train(cfg: TrainConfig, ctx) -> dict:
         if step % cfg.log_every == 0 or step == cfg.steps - 1:
             record = {"step": step, "loss": float(loss), "lr": lr_at(step, cfg), "grad_norm": float(grad_norm),
                       **{f"loss/{m}": float(v) for m, v in per_mod.items()}}
+            if val_batches and (step % cfg.val_every == 0 or step == cfg.steps - 1):
+                record.update(validation_loss(model, val_batches, cfg.device))
             _append(history_path, record)
-            log.info("train: step %d loss %.4f lr %.2e", step, record["loss"], record["lr"])
+            log.info("train: step %d loss %.4f%s lr %.2e", step, record["loss"],
+                     f" val {record['val_loss']:.4f}" if "val_loss" in record else "", record["lr"])
         if (step + 1) % cfg.checkpoint_every == 0 or step == cfg.steps - 1:
             _checkpoint(ckpt_dir, model, opt, step + 1, extra)
     seconds = time.time() - t0
@@ -125,6 +157,7 @@ def run_train(cfg: TrainConfig, ctx) -> dict:
         "resumed_from": start,
         "final_loss": history[-1]["loss"] if history else None,
         "first_loss": history[0]["loss"] if history else None,
+        "final_val_loss": next((h["val_loss"] for h in reversed(history) if "val_loss" in h), None),
         "parameters": sum(p.numel() for p in model.parameters()),
         "tokens_per_second": round(tokens_seen / seconds, 1) if seconds > 0 else None,
         "seconds_training": round(seconds, 1),
@@ -151,6 +184,8 @@ def _checkpoint(ckpt_dir: Path, model, opt, step: int, extra: dict) -> None:
 
 
 def plot_losses(history: list[dict], path: Path) -> None:
+    """loss.png: training loss (total and per modality) on the left, the validation loss
+    on fixed held-out batches (total and per modality) on the right."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -158,17 +193,25 @@ def plot_losses(history: list[dict], path: Path) -> None:
 
     if not history:
         return
-    steps = np.array([h["step"] for h in history])
-    fig, ax = plt.subplots(figsize=(8, 4.5))
-    ax.plot(steps, [h["loss"] for h in history], color="black", lw=2, label="total (mean over modalities)")
-    for key in sorted(k for k in history[-1] if k.startswith("loss/")):
-        ax.plot(steps, [h.get(key, np.nan) for h in history], lw=1, alpha=0.7, label=key[5:])
-    ax.set_xlabel("step")
-    ax.set_ylabel("cross-entropy")
-    ax.set_yscale("log")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, ncol=2)
-    ax.set_title("fm21 4M training loss")
+    fig, axes = plt.subplots(1, 2, figsize=(13, 4.8), sharey=True)
+    for ax, prefix, title in ((axes[0], "loss", "training loss (sampled masks)"),
+                              (axes[1], "val_loss", "validation loss (held-out rows, fixed masks)")):
+        rows = [h for h in history if prefix in h]
+        if not rows:
+            ax.set_title(f"{title}: not logged")
+            continue
+        steps = np.array([h["step"] for h in rows])
+        ax.plot(steps, [h[prefix] for h in rows], color="black", lw=2, marker="o" if prefix == "val_loss" else None,
+                ms=3, label="total (mean over modalities)")
+        for key in sorted(k for k in rows[-1] if k.startswith(prefix + "/")):
+            ax.plot(steps, [h.get(key, np.nan) for h in rows], lw=1, alpha=0.8, label=key.split("/", 1)[1])
+        ax.set_xlabel("step")
+        ax.set_yscale("log")
+        ax.grid(alpha=0.3)
+        ax.set_title(title)
+    axes[0].set_ylabel("cross-entropy")
+    axes[1].legend(fontsize=7, ncol=2, loc="upper right")
+    fig.suptitle("fm21 4M training: loss per modality")
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)

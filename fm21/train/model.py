@@ -19,7 +19,7 @@ from torch import nn
 
 from fm21.modalities import ModalitySpec
 from fm21.train.blocks import DecoderBlock, EncoderBlock, attention_allowed, layer_norm
-from fm21.train.embeddings import DECODER_EMBEDDINGS, ENCODER_EMBEDDINGS, init_mae
+from fm21.train.embeddings import DECODER_EMBEDDINGS, ENCODER_EMBEDDINGS, init_mae, scale_sincos_tables
 
 ModDict = Mapping[str, Mapping[str, torch.Tensor]]
 
@@ -37,6 +37,8 @@ class FourMConfig:
     num_target_tokens: int = 256
     tie_sequence_logits: bool = True  # to_logits shares the decoder token table (REFERENCE §5.2)
     init_std: float = 0.02
+    token_emb_std: float = 0.02  # encoder token embeddings (reference: init_std)
+    pos_emb_scale: float = 1.0  # fixed sin-cos tables are multiplied by this (reference: 1)
     modalities: tuple[str, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
@@ -93,7 +95,8 @@ class FourM(nn.Module):
             dim=cfg.dim, encoder_depth=cfg.encoder_depth, decoder_depth=cfg.decoder_depth,
             num_heads=cfg.num_heads, mlp_ratio=cfg.mlp_ratio, num_input_tokens=num_input_tokens,
             num_target_tokens=num_target_tokens, tie_sequence_logits=tie_sequence_logits,
-            init_std=getattr(cfg, "init_std", 0.02), modalities=tuple(self.specs),
+            init_std=getattr(cfg, "init_std", 0.02), token_emb_std=getattr(cfg, "token_emb_std", 0.02),
+            pos_emb_scale=getattr(cfg, "pos_emb_scale", 1.0), modalities=tuple(self.specs),
         )
         d, c = cfg.dim, self.config
         self.encoder_embeddings = nn.ModuleDict(
@@ -118,9 +121,17 @@ class FourM(nn.Module):
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
-        init_mae(self, std=self.config.init_std)
+        c = self.config
+        init_mae(self, std=c.init_std)
         for p in [*self.mod_emb.values(), self.mask_token]:
-            nn.init.normal_(p, std=self.config.init_std)
+            nn.init.normal_(p, std=c.init_std)
+        for emb in self.encoder_embeddings.values():
+            if isinstance(getattr(emb, "token_emb", None), nn.Embedding):
+                nn.init.normal_(emb.token_emb.weight, std=c.token_emb_std)
+                if emb.token_emb.padding_idx is not None:
+                    with torch.no_grad():
+                        emb.token_emb.weight[emb.token_emb.padding_idx].zero_()
+        scale_sincos_tables(self, c.pos_emb_scale)
 
     # -------------------------------------------------------------------------- encoder
     def encode(self, mod_dict: ModDict) -> tuple[torch.Tensor, torch.Tensor]:

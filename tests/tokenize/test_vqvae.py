@@ -123,3 +123,16 @@ def test_metrics_perfect_reconstruction(scenes32: dict[str, np.ndarray]) -> None
     d = scenes32["depth"].astype(np.float32)
     m = PREPROCESSORS["depth"].metrics(robust_standardize(d), d)
     assert m["mse_standardized"] < 1e-8 and m["abs_rel_aligned"] < 1e-3
+
+
+def test_edge_f1_with_one_pixel_tolerance() -> None:
+    true = np.zeros((1, 16, 16), np.uint8)
+    true[0, 8, 2:14] = 255  # a horizontal 1-px line
+    shifted = np.roll(true, 1, axis=1)  # the same edge one pixel lower
+    far = np.roll(true, 3, axis=1)
+    m = PREPROCESSORS["sam_edge"].metrics(shifted, true)
+    assert m["f1"] == 0.0 and m["f1_tol1"] == 1.0
+    assert PREPROCESSORS["sam_edge"].metrics(far, true)["f1_tol1"] == 0.0
+    thick = true | np.roll(true, 1, axis=1) | np.roll(true, -1, axis=1)  # 3 px wide
+    m = PREPROCESSORS["sam_edge"].metrics(thick, true)
+    assert m["recall_tol1"] == 1.0 and m["precision"] == pytest.approx(1 / 3)
