@@ -94,7 +94,7 @@ def save_grid(
     num_cols = max(len(r) for r in rows)
     side = rows[0].shape[1] * scale
     probe = ImageDraw.Draw(Image.new("RGB", (1, 1)))
-    left = max((_text_width(probe, t, font) for t in row_labels or []), default=-pad) + pad + 4
+    left = max(_text_width(probe, t, font) for t in row_labels) + 6 if row_labels else 0
     line = 12  # px per header line
     header = 0
     if col_labels:
