@@ -69,6 +69,10 @@ def run_tokenizers(cfg: TokenizersConfig, ctx) -> dict:
 
     keys = sample_keys(uri, cfg.train_samples, seed=cfg.seed)
     names = [n for n, s in ctx.specs.items() if s.kind != "pixels" and s.is_image_like]
+    # Submitted in the order of ``tokenizers.image`` (then the rest): list the longest
+    # first and the tasks pack onto the workers without a long one starting last.
+    order = list(cfg.image)
+    names.sort(key=lambda n: order.index(n) if n in order else len(order))
     report: dict[str, dict] = {}
     if names:
         ensure_ray(ctx.ray)
@@ -76,9 +80,6 @@ def run_tokenizers(cfg: TokenizersConfig, ctx) -> dict:
         threads = max(1, int(cfg.num_cpus))
         futures = {n: task.remote(n, ctx.specs[n], cfg.image.get(n, VQTokenizerConfig()), str(uri), keys,
                                   out_dir, cfg.seed, threads) for n in names}
-        report.update(zip(futures, ray.get(list(futures.values()))))
-        for name in names:
-            log.info("tokenizers: %s %s", name, report[name])
     sequences = [n for n, s in ctx.specs.items() if s.kind == "sequence"]
     if sequences:
         columns = sorted({c for n in sequences for c in ctx.specs[n].label_columns})
@@ -91,5 +92,9 @@ def run_tokenizers(cfg: TokenizersConfig, ctx) -> dict:
         fp = text.save(out_dir / TEXT_DIR)
         report[TEXT_DIR] = {"fingerprint": fp, "vocab_size": text.vocab_size, "corpus_strings": len(corpus),
                             "modalities": sequences}
+    if names:  # the text tokenizer trained on the driver meanwhile
+        report.update(zip(futures, ray.get(list(futures.values()))))
+        for name in names:
+            log.info("tokenizers: %s %s", name, report[name])
     (out_dir / "summary.json").write_text(json.dumps(report, indent=2))
     return {"tokenizers": {n: r["fingerprint"] for n, r in report.items()}, "train_samples": len(keys)}
