@@ -13,6 +13,7 @@ from fm21.pseudolabel.job import plan_specialists
 from fm21.stages import run_stage
 from fm21.store import labels as store
 from fm21.store.layout import Workdir
+from fm21.store.units import read_records
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -24,7 +25,7 @@ def labelled(tmp_path_factory, ray_local):
     work = tmp_path_factory.mktemp("pl") / "work"
     cfg = load_config(ROOT / "flows.yaml", recipe=ROOT / "configs" / "tiny.yaml",
                       overrides=[f"workdir={work}", "ingest.synthetic.num_samples=40", "ingest.samples_per_shard=16",
-                                 "pseudolabel.rows_per_commit=16"])
+                                 "pseudolabel.units_per_commit=2"])
     run_stage(cfg, "ingest")
     manifest = run_stage(cfg, "pseudolabel")
     return cfg, Workdir(work), manifest
@@ -55,18 +56,21 @@ def test_provenance_and_oracle_tags(labelled):
     assert manifest["counts"]["random_specialists"] == []
 
 
-def test_rerun_adds_nothing_and_resume_fills_gaps(labelled):
-    cfg, wd, _ = labelled
+def test_rerun_adds_nothing_and_resume_redoes_only_uncommitted_units(labelled):
+    cfg, wd, manifest = labelled
     version = lance.dataset(str(wd.labels_uri)).version
     again = run_stage(cfg, "pseudolabel", force=True)
-    assert again["counts"]["new_samples"] == 0
+    assert again["counts"]["new_samples"] == 0 and again["counts"]["new_units"] == 0
     assert lance.dataset(str(wd.labels_uri)).version == version  # nothing written
-    # A killed run: only some keys were committed. The next run labels exactly the rest.
-    ds = lance.dataset(str(wd.labels_uri))
-    keys = sorted(ds.to_table(columns=["key"]).column("key").to_pylist())
-    ds.delete("key IN (" + ", ".join(f"'{k}'" for k in keys[:11]) + ")")
+    keys = sorted(lance.dataset(str(wd.labels_uri)).to_table(columns=["key"]).column("key").to_pylist())
+    # Back to the first Append (as if the run had died right after it): the records go back too.
+    first = lance.dataset(str(wd.labels_uri), version=2)
+    first_units = set(read_records(wd.labels_uri).units) - set(json.loads(
+        lance.dataset(str(wd.labels_uri)).read_transaction(3).transaction_properties["fm21.units"]))
+    first.restore()
+    assert set(read_records(wd.labels_uri).units) == first_units
     resumed = run_stage(cfg, "pseudolabel", force=True)
-    assert resumed["counts"]["new_samples"] == 11
+    assert resumed["counts"]["new_units"] == manifest["counts"]["units"] - len(first_units) > 0
     after = lance.dataset(str(wd.labels_uri)).to_table(columns=["key"]).column("key").to_pylist()
     assert sorted(after) == keys
 
@@ -76,7 +80,7 @@ def test_newly_enabled_specialist_adds_columns_without_rewriting(labelled):
     from fm21.config import load_config
 
     base = [f"workdir={wd.root}", "ingest.synthetic.num_samples=40", "ingest.samples_per_shard=16",
-            "pseudolabel.rows_per_commit=16"]
+            "pseudolabel.units_per_commit=2"]
     without = load_config(ROOT / "flows.yaml", recipe=ROOT / "configs" / "tiny.yaml",
                           overrides=[*base, "modalities.enabled=[rgb,tok_rgb,tok_depth]",
                                      "pseudolabel.specialists.canny_edge.enabled=false"])
