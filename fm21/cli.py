@@ -64,6 +64,8 @@ def config_show() -> None:
 def stage(
     name: Annotated[str, typer.Argument(help=" | ".join(STAGES))],
     force: Annotated[bool, typer.Option("--force", help="run even if up to date")] = False,
+    retry_failed: Annotated[bool, typer.Option(
+        "--retry-failed", help="pseudolabel: also re-run only the samples recorded as failed")] = False,
 ) -> None:
     """Run one stage (skipped when its manifest matches its inputs)."""
     from fm21.stages import run_stage
@@ -71,7 +73,10 @@ def stage(
     if name not in STAGES:
         typer.echo(f"error: unknown stage {name!r}; stages: {', '.join(STAGES)}", err=True)
         raise typer.Exit(2)
-    manifest = run_stage(_cfg(), name, force=force)
+    cfg = _cfg()
+    if retry_failed:  # the same as --set pseudolabel.retry_failed=true
+        cfg = cfg.model_copy(update={"pseudolabel": cfg.pseudolabel.model_copy(update={"retry_failed": True})})
+    manifest = run_stage(cfg, name, force=force)
     state = "skipped (up to date)" if manifest.get("skipped") else f"done in {manifest['seconds']}s"
     typer.echo(f"{name}: {state}; counts: {manifest.get('counts')}")
 

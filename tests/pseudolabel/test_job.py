@@ -75,6 +75,10 @@ def test_rerun_adds_nothing_and_resume_redoes_only_uncommitted_units(labelled):
     assert sorted(after) == keys
 
 
+def _data_files(uri) -> dict[int, list[str]]:
+    return {f.fragment_id: [d.path for d in f.data_files()] for f in lance.dataset(str(uri)).get_fragments()}
+
+
 def test_newly_enabled_specialist_adds_columns_without_rewriting(labelled):
     cfg, wd, _ = labelled
     from fm21.config import load_config
@@ -84,6 +88,7 @@ def test_newly_enabled_specialist_adds_columns_without_rewriting(labelled):
     without = load_config(ROOT / "flows.yaml", recipe=ROOT / "configs" / "tiny.yaml",
                           overrides=[*base, "modalities.enabled=[rgb,tok_rgb,tok_depth]",
                                      "pseudolabel.specialists.canny_edge.enabled=false"])
+    from_scratch = store.read_maps(wd.labels_uri, ["canny_edge"])
     # Rebuild a store without canny edges, then enable them again: only the column is added.
     import shutil
 
@@ -91,14 +96,24 @@ def test_newly_enabled_specialist_adds_columns_without_rewriting(labelled):
     run_stage(without, "pseudolabel", force=True)
     assert "canny_edge" not in lance.dataset(str(wd.labels_uri)).schema.names
     depth_before = store.read_maps(wd.labels_uri, ["depth"])
+    files_before = _data_files(wd.labels_uri)
     result = run_stage(cfg, "pseudolabel", force=True)
     assert "canny_edge" in result["counts"]["added_columns"]
     ds = lance.dataset(str(wd.labels_uri))
     assert ds.count_rows() == 40 and "canny_edge" in ds.schema.names
+    # Every fragment keeps its data files untouched and gains exactly one (the new column).
+    files_after = _data_files(wd.labels_uri)
+    assert files_after.keys() == files_before.keys()
+    for fragment, files in files_before.items():
+        assert files_after[fragment][:len(files)] == files and len(files_after[fragment]) == len(files) + 1
     depth_after = store.read_maps(wd.labels_uri, ["depth"])
     order = {k: i for i, k in enumerate(depth_after["key"])}
     idx = [order[k] for k in depth_before["key"]]
     np.testing.assert_array_equal(depth_after["depth"][idx], depth_before["depth"])
+    canny = store.read_maps(wd.labels_uri, ["canny_edge"])  # equal to the from-scratch build
+    order = {k: i for i, k in enumerate(canny["key"])}
+    np.testing.assert_array_equal(canny["canny_edge"][[order[k] for k in from_scratch["key"]]],
+                                  from_scratch["canny_edge"])
 
 
 def test_plan_orders_requirements_first(tiny_config):
