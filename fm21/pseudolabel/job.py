@@ -97,7 +97,7 @@ def run_pseudolabel(cfg: PseudolabelConfig, ctx) -> dict:
     records = unit_store.read_records(uri)
     added = _add_missing_columns(uri, schema, specialists, cfg, ctx, image_size=image_size, records=records)
     units = _plan_units(ctx.workdir.shard_paths(), records, retry_failed=cfg.retry_failed, uri=uri)
-    counts = {"units": 0, "rows": 0, "failed": 0, "commits": 0}
+    counts = {"units": 0, "rows": 0, "failed": 0, "commits": 0, "nodes": 0}
     if units:
         store_schema = store.open_dataset(uri).schema
         actors = _actors(order, cfg, ctx, image_size=image_size, uri=uri, schema=store_schema)
@@ -211,6 +211,7 @@ def _summary(uri: Path, specialists: dict, *, counts: dict[str, int], added_colu
         "units": len(records.units),
         "new_units": counts["units"],
         "commits": counts["commits"],
+        "nodes": counts["nodes"],  # Ray nodes whose workers wrote this run's units
         "failed_samples": len(records.failed),
         "orphan_files": len(unit_store.orphan_files(uri)),
         "added_columns": added_columns,

@@ -46,12 +46,19 @@ class UnitResult:
     rows: int
     failed: dict[str, str] = field(default_factory=dict)
     resolved: list[str] = field(default_factory=list)
+    node: str = field(default_factory=lambda: _node_id())  # the Ray node that wrote it (reported, not recorded)
 
     def data_files(self) -> list[str]:
         return [f["path"] for frag in self.fragments for f in json.loads(frag)["files"]]
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+def _node_id() -> str:
+    import ray
+
+    return ray.get_runtime_context().get_node_id() if ray.is_initialized() else ""
 
 
 @dataclass
@@ -157,10 +164,15 @@ def run_units(
 
     ``ActorPool`` keeps one unit in flight per actor, so the driver holds at most the
     metadata of ``units_per_commit + len(actors)`` units, whatever the dataset size.
+    Results are committed in unit order (``map``, not ``map_unordered``): the store's row
+    order is then the same on one node or many and after a resume, which readers that
+    sample by position (tokenizer training) rely on; a slow unit delays commits by at
+    most one unit per actor.
     """
     from ray.util import ActorPool
 
     counts = {"units": 0, "rows": 0, "failed": 0, "commits": 0}
+    nodes: set[str] = set()
     pending: list[UnitResult] = []
 
     def flush() -> None:
@@ -171,16 +183,17 @@ def run_units(
                      sum(r.rows for r in pending), version)
             pending.clear()
 
-    for raw in ActorPool(actors).map_unordered(submit, list(units)):
+    for raw in ActorPool(actors).map(submit, list(units)):
         result = UnitResult(**raw)
         pending.append(result)
         counts["units"] += 1
         counts["rows"] += result.rows
         counts["failed"] += len(result.failed)
+        nodes.add(result.node)
         if len(pending) >= units_per_commit:
             flush()
     flush()
-    return counts
+    return {**counts, "nodes": len(nodes)}
 
 
 def orphan_files(uri: Path | str) -> list[str]:

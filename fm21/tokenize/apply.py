@@ -138,7 +138,7 @@ def run_tokens(cfg: TokensConfig, ctx) -> dict:
     # under Append and Merge, so the unit id names the same rows on every rerun.
     units = [{"id": f"labels-fragment-{f.fragment_id}", "fragment": f.fragment_id, "version": labels.version}
              for f in labels.get_fragments() if f"labels-fragment-{f.fragment_id}" not in done]
-    counts = {"units": 0, "rows": 0, "failed": 0, "commits": 0}
+    counts = {"units": 0, "rows": 0, "failed": 0, "commits": 0, "nodes": 0}
     if units:
         actors = _actors(cfg, ctx, schema=schema)
         try:
@@ -146,7 +146,8 @@ def run_tokens(cfg: TokensConfig, ctx) -> dict:
                                           units_per_commit=cfg.units_per_commit, stage="tokens")
         finally:
             _release(actors)
-    return _summary(uri, num_new=counts["rows"] // max(cfg.num_crops, 1))
+    return {**_summary(uri, num_new=counts["rows"] // max(cfg.num_crops, 1)), "new_units": counts["units"],
+            "commits": counts["commits"], "nodes": counts["nodes"]}
 
 
 def _actors(cfg: TokensConfig, ctx, *, schema: pa.Schema) -> list:

@@ -114,3 +114,43 @@ def test_failed_samples_are_recorded_and_retried_alone(reference, tmp_path, monk
     retried = run_stage(_config(wd.root, "pseudolabel.retry_failed=true"), "pseudolabel")
     assert retried["counts"]["new_samples"] == 2 and retried["counts"]["failed_samples"] == 0
     _assert_same_store(wd.labels_uri, reference.labels_uri, ["key"])
+
+
+TWO_NODES = """
+import shutil, sys
+import ray
+from ray.cluster_utils import Cluster
+sys.path.insert(0, {tests!r})
+from store.test_units import _config
+from fm21.stages import run_stage
+
+cluster = Cluster(initialize_head=True, head_node_args={{"num_cpus": 1}})
+cluster.add_node(num_cpus=1)
+ray.init(address=cluster.address, log_to_driver=False)
+cfg = _config({work!r}, "pseudolabel.concurrency=2", "tokens.concurrency=2")
+for stage in ("ingest", "pseudolabel", "tokens"):
+    if stage == "tokens":  # tokenizer training is not a Ray job (and WordPiece training is
+        # not reproducible across processes): tokenize with the reference's tokenizers
+        shutil.copytree({tokenizers!r}, {work!r} + "/tokenizers")
+    print(stage, run_stage(cfg, stage)["counts"].get("nodes"), flush=True)
+ray.shutdown()
+cluster.shutdown()
+"""
+
+
+def test_two_node_cluster_builds_the_same_stores(reference, tmp_path):
+    """A simulated 2-node Ray cluster on loopback: one worker actor per node, same stores."""
+    work = tmp_path / "work"
+    script = TWO_NODES.format(tests=str(ROOT / "tests"), work=str(work),
+                              tokenizers=str(reference.tokenizers_dir))
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_ADDRESS", "FM21_"))}
+    # Ray's single-machine mode: every node and the GCS bind 127.0.0.1, nothing leaves loopback.
+    env.update(OMP_NUM_THREADS="1", RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="0")
+    proc = subprocess.run([sys.executable, "-c", script], env=env, cwd=ROOT, start_new_session=True,
+                          capture_output=True, timeout=240)
+    assert proc.returncode == 0, proc.stderr.decode()[-3000:]
+    nodes = dict(line.split() for line in proc.stdout.decode().splitlines() if len(line.split()) == 2)
+    assert nodes["pseudolabel"] == "2" and nodes["tokens"] == "2"  # units were written on both nodes
+    wd = Workdir(work)
+    _assert_same_store(wd.labels_uri, reference.labels_uri, ["key"])
+    _assert_same_store(wd.tokens_uri, reference.tokens_uri, ["key", "crop"])
