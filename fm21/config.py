@@ -67,6 +67,7 @@ class IngestConfig(Strict):
     min_side: int = 16  # smaller inputs are rejected
     max_pixels: int = 200_000_000  # larger inputs are rejected (decompression-bomb guard)
     seed: int = 0
+    num_cpus: float = 1.0  # per synthetic shard task (one Ray task renders one shard)
     synthetic: SyntheticConfig = SyntheticConfig()
 
 

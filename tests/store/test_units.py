@@ -71,6 +71,19 @@ def _killed_run(work: Path, stage: str, crash_at: str, tmp: Path) -> None:
     assert proc.returncode == -9, proc.stderr.decode()[-3000:]
 
 
+@pytest.mark.parametrize("crash_at", ["ingest.in_shard:20", "ingest.after_shard:3"])
+def test_killed_ingest_resumes_per_shard(reference, tmp_path, crash_at):
+    work = tmp_path / "work"
+    _killed_run(work, "ingest", crash_at, tmp_path)
+    finished = list((work / "ingest").glob(".staging-*/shards/shard-*.tar"))
+    assert len(finished) < 6 and not Workdir(work).shard_paths()  # nothing published
+    manifest = run_stage(_config(work), "ingest")
+    assert manifest["counts"]["new_shards"] == 6 - len(finished)
+    ref = [p.read_bytes() for p in reference.shard_paths()]
+    assert [p.read_bytes() for p in Workdir(work).shard_paths()] == ref  # byte-identical
+    assert not list((work / "ingest").glob(".staging-*"))
+
+
 @pytest.mark.parametrize("crash_at", [
     "pseudolabel.in_unit:25",  # inside the 3rd unit, after the first commit
     "pseudolabel.after_write:3",  # 3rd fragment written, not committed
@@ -150,7 +163,9 @@ def test_two_node_cluster_builds_the_same_stores(reference, tmp_path):
                           capture_output=True, timeout=240)
     assert proc.returncode == 0, proc.stderr.decode()[-3000:]
     nodes = dict(line.split() for line in proc.stdout.decode().splitlines() if len(line.split()) == 2)
-    assert nodes["pseudolabel"] == "2" and nodes["tokens"] == "2"  # units were written on both nodes
+    # units were written on both nodes
+    assert nodes["ingest"] == nodes["pseudolabel"] == nodes["tokens"] == "2", nodes
     wd = Workdir(work)
+    assert [p.read_bytes() for p in wd.shard_paths()] == [p.read_bytes() for p in reference.shard_paths()]
     _assert_same_store(wd.labels_uri, reference.labels_uri, ["key"])
     _assert_same_store(wd.tokens_uri, reference.tokens_uri, ["key", "crop"])
