@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -12,14 +13,13 @@ import pyarrow.compute as pc
 from fm21.store.tokens import read_store_metadata
 
 
-def _token_stats(column: pa.ChunkedArray, vocab: int | None) -> dict[str, Any]:
-    values = pc.list_flatten(column).to_numpy(zero_copy_only=False).astype(np.int64)
-    if values.size == 0:
+def _token_stats(counts: np.ndarray, vocab: int | None) -> dict[str, Any]:
+    total = int(counts.sum())
+    if total == 0:
         return {"tokens": 0}
-    counts = np.bincount(values, minlength=vocab or 0)
-    p = counts[counts > 0] / values.size
+    p = counts[counts > 0] / total
     out = {
-        "tokens": int(values.size),
+        "tokens": total,
         "unique": int((counts > 0).sum()),
         "perplexity": float(np.exp(-(p * np.log(p)).sum())),
     }
@@ -28,35 +28,70 @@ def _token_stats(column: pa.ChunkedArray, vocab: int | None) -> dict[str, Any]:
     return out
 
 
-def token_store_stats(uri: Path) -> dict[str, Any]:
+class _ModalityTally:
+    """Running counts for one modality column: memory O(vocab), not O(rows)."""
+
+    def __init__(self, spec: dict[str, Any]) -> None:
+        self.spec = spec
+        self.nulls = 0
+        self.counts = np.zeros(spec.get("vocab_size") or 0, np.int64)
+        self.num_lengths = self.sum_lengths = self.max_length = 0
+
+    def add(self, column: pa.Array) -> None:
+        self.nulls += column.null_count
+        if self.spec["kind"] == "pixels":
+            return
+        column = column.drop_null()
+        values = pc.list_flatten(column).to_numpy(zero_copy_only=False).astype(np.int64)
+        if values.size:
+            counts = np.bincount(values, minlength=self.counts.size)
+            counts[: self.counts.size] += self.counts
+            self.counts = counts
+        if self.spec["kind"] == "sequence":
+            lengths = pc.list_value_length(column).to_numpy(zero_copy_only=False)
+            self.num_lengths += int(lengths.size)
+            self.sum_lengths += int(lengths.sum())
+            self.max_length = max(self.max_length, int(lengths.max()) if lengths.size else 0)
+
+    def entry(self, rows: int, tokenizer_fp: str) -> dict[str, Any]:
+        out: dict[str, Any] = {"kind": self.spec["kind"], "coverage": (rows - self.nulls) / rows if rows else 0.0}
+        if self.spec["kind"] != "pixels":
+            out.update(_token_stats(self.counts, self.spec.get("vocab_size")))
+        if self.spec["kind"] == "sequence" and rows:
+            out["mean_len"] = self.sum_lengths / self.num_lengths if self.num_lengths else 0.0
+            out["max_len"] = self.max_length
+        out["random_tokenizer"] = bool(tokenizer_fp.startswith("random"))
+        return out
+
+
+def token_store_stats(uri: Path, *, batch_size: int = 4096) -> dict[str, Any]:
+    """One streaming pass over the store (the stats of a tokens run at any size).
+
+    ``samples`` counts the rows of crop 0: every sample has exactly one.
+    """
     import lance
 
     ds = lance.dataset(str(uri))
     meta = read_store_metadata(uri)
-    table = ds.to_table()
-    rows = table.num_rows
-    out: dict[str, Any] = {
+    tallies = {name: _ModalityTally(spec) for name, spec in meta["specs"].items()}
+    rows = samples = 0
+    splits: Counter[str] = Counter()
+    for batch in ds.to_batches(batch_size=batch_size):
+        rows += batch.num_rows
+        samples += int((batch.column("crop").to_numpy(zero_copy_only=False) == 0).sum())
+        splits.update(batch.column("split").to_pylist())
+        for name, tally in tallies.items():
+            tally.add(batch.column(name))
+    return {
         "uri": str(uri),
         "rows": rows,
-        "samples": len(set(table.column("key").to_pylist())),
-        "splits": {s: int(n) for s, n in zip(*np.unique(table.column("split").to_numpy(zero_copy_only=False), return_counts=True))},
+        "samples": samples,
+        "splits": dict(sorted(splits.items())),
         "bytes": sum(f.stat().st_size for f in Path(uri).rglob("*") if f.is_file()),
         "version": ds.version,
         "tokenizers": meta["tokenizers"],
-        "modalities": {},
+        "modalities": {n: t.entry(rows, meta["tokenizers"].get(n, "")) for n, t in tallies.items()},
     }
-    for name, spec in meta["specs"].items():
-        column = table.column(name)
-        entry = {"kind": spec["kind"], "coverage": (rows - column.null_count) / rows if rows else 0.0}
-        if spec["kind"] != "pixels":
-            entry.update(_token_stats(column.drop_null(), spec.get("vocab_size")))
-        if spec["kind"] in ("sequence",) and rows:
-            lengths = pc.list_value_length(column.drop_null()).to_numpy(zero_copy_only=False)
-            entry["mean_len"] = float(lengths.mean()) if lengths.size else 0.0
-            entry["max_len"] = int(lengths.max()) if lengths.size else 0
-        entry["random_tokenizer"] = bool(meta["tokenizers"].get(name, "").startswith("random"))
-        out["modalities"][name] = entry
-    return out
 
 
 def format_stats(stats: dict[str, Any]) -> str:

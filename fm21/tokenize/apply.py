@@ -180,7 +180,7 @@ def _release(actors: list) -> None:
 def _summary(uri: Path, *, num_new: int) -> dict[str, Any]:
     from fm21.store.stats import token_store_stats
 
-    # Still a full scan on the driver (coverage, perplexity): see docs/data-plane.md.
+    # One streaming pass over the store: memory O(vocab), not O(rows).
     stats = token_store_stats(uri)
     return {"rows": stats["rows"], "samples": stats["samples"], "new_samples": num_new, "splits": stats["splits"],
             "bytes": stats["bytes"],
