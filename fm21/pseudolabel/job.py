@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import logging
-import shutil
 from pathlib import Path
 
 import pyarrow as pa
@@ -25,6 +24,7 @@ from fm21.config import PseudolabelConfig, SpecialistConfig
 from fm21.pseudolabel.specialists import SPECIALISTS
 from fm21.pseudolabel.specialists.base import Specialist
 from fm21.pseudolabel.worker import RAW_COLUMNS, LabelWorker, build_specialist, decode_batch
+from fm21.store import fs
 from fm21.store import labels as store
 from fm21.store import units as unit_store
 from fm21.store.manifest import read_manifest
@@ -151,7 +151,7 @@ def _release(actors: list) -> None:
 def _drop_if_stale(uri: Path, ingest_fp: str) -> None:
     if unit_store.exists(uri) and store.store_metadata(uri).get("ingest_fingerprint") != ingest_fp:
         log.info("pseudolabel: %s was built from other shards; rebuilding", uri)
-        shutil.rmtree(uri)
+        fs.remove_tree(uri)
 
 
 def _sync_metadata(uri: Path, schema: pa.Schema) -> None:
@@ -218,5 +218,5 @@ def _summary(uri: Path, specialists: dict, *, counts: dict[str, int], added_colu
         "specialists": list(specialists),
         "random_specialists": [n for n, s in specialists.items() if s.is_random],
         "oracle_specialists": [n for n, s in specialists.items() if s.oracle],
-        "bytes": sum(f.stat().st_size for f in uri.rglob("*") if f.is_file()),
+        "bytes": fs.tree_bytes(uri),
     }

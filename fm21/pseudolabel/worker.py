@@ -22,6 +22,7 @@ from fm21.config import SpecialistConfig
 from fm21.faults import crash_point, injected_failure
 from fm21.pseudolabel.specialists import SPECIALISTS
 from fm21.pseudolabel.specialists.base import OracleInputError, Specialist
+from fm21.store import fs
 from fm21.store import labels as store
 from fm21.store.units import UnitResult, write_unit
 
@@ -34,9 +35,12 @@ def build_specialist(name: str, cfg: SpecialistConfig | None, *, image_size: int
 
 
 def read_shard(path: str, keys: Collection[str] | None = None) -> pa.Table:
-    """A webdataset shard's samples (or only ``keys``) as raw columns, in shard order."""
+    """A webdataset shard's samples (or only ``keys``) as raw columns, in shard order.
+
+    ``path`` may be a URI: the tar is streamed front to back (no seeks), as object stores like.
+    """
     samples: dict[str, dict[str, Any]] = {}
-    with tarfile.open(path) as tar:
+    with fs.open_input(path) as stream, tarfile.open(fileobj=stream, mode="r|") as tar:
         for member in tar:
             if not member.isfile():
                 continue

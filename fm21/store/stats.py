@@ -10,6 +10,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from fm21.store.fs import tree_bytes
 from fm21.store.tokens import read_store_metadata
 
 
@@ -87,7 +88,7 @@ def token_store_stats(uri: Path, *, batch_size: int = 4096) -> dict[str, Any]:
         "rows": rows,
         "samples": samples,
         "splits": dict(sorted(splits.items())),
-        "bytes": sum(f.stat().st_size for f in Path(uri).rglob("*") if f.is_file()),
+        "bytes": tree_bytes(uri),
         "version": ds.version,
         "tokenizers": meta["tokenizers"],
         "modalities": {n: t.entry(rows, meta["tokenizers"].get(n, "")) for n, t in tallies.items()},

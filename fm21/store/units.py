@@ -28,6 +28,7 @@ from typing import Any, Callable, Iterable
 import pyarrow as pa
 
 from fm21.faults import crash_point
+from fm21.store import fs
 
 log = logging.getLogger("fm21")
 
@@ -73,7 +74,7 @@ class Records:
 
 
 def exists(uri: Path | str) -> bool:
-    return Path(uri, "_versions").is_dir()
+    return fs.exists(f"{uri}/_versions")
 
 
 def read_records(uri: Path | str) -> Records:
@@ -205,4 +206,4 @@ def orphan_files(uri: Path | str) -> list[str]:
     # Stores here only grow (Append, Merge add files), so the latest version references
     # every committed file.
     referenced = {f.path for frag in lance.dataset(str(uri)).get_fragments() for f in frag.data_files()}
-    return sorted(p.name for p in Path(uri, "data").glob("*.lance") if p.name not in referenced)
+    return [n for n in fs.list_names(f"{uri}/data") if n.endswith(".lance") and n not in referenced]

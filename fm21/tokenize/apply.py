@@ -13,7 +13,6 @@ with other tokenizers or labels is rebuilt.
 from __future__ import annotations
 
 import logging
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +22,7 @@ import pyarrow as pa
 from fm21.config import TokensConfig
 from fm21.faults import crash_point
 from fm21.modalities import ModalitySpec
+from fm21.store import fs
 from fm21.store import labels as store
 from fm21.store import tokens as token_store
 from fm21.store import units as unit_store
@@ -130,7 +130,7 @@ def run_tokens(cfg: TokensConfig, ctx) -> dict:
     schema = token_store.tokens_schema(specs, tokenizers=fps, labels_fp=labels_fp)
     if unit_store.exists(uri) and token_store.read_store_metadata(uri) != token_store.read_schema_metadata(schema):
         log.info("tokens: %s was made with other tokenizers/labels/specs; rebuilding", uri)
-        shutil.rmtree(uri)
+        fs.remove_tree(uri)
     unit_store.ensure_store(uri, schema)
     done = unit_store.read_records(uri).units
     labels = store.open_dataset(labels_uri)
