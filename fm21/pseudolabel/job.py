@@ -28,6 +28,7 @@ from fm21.store import fs
 from fm21.store import labels as store
 from fm21.store import units as unit_store
 from fm21.store.manifest import read_manifest
+from fm21.store.stats import label_store_stats
 
 log = logging.getLogger("fm21")
 
@@ -219,4 +220,5 @@ def _summary(uri: Path, specialists: dict, *, counts: dict[str, int], added_colu
         "random_specialists": [n for n, s in specialists.items() if s.is_random],
         "oracle_specialists": [n for n, s in specialists.items() if s.oracle],
         "bytes": fs.tree_bytes(uri),
+        "bytes_per_sample": {c: round(v["bytes_per_sample"], 1) for c, v in label_store_stats(uri)["columns"].items()},
     }

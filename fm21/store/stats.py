@@ -110,3 +110,37 @@ def format_stats(stats: dict[str, Any]) -> str:
             f"{name:16s} {e['kind']:14s} {e['coverage']:8.1%} {e.get('tokens', '-'):>9} {usage:>7s} {ppl:>10s} {length:>9s}"
         )
     return "\n".join(lines)
+
+
+def label_store_stats(uri: Path) -> dict[str, Any]:
+    """Bytes on disk per sample for each column of labels.lance (from Lance's per-field
+    statistics, no data read), beside the raw in-memory size of fixed-size maps."""
+    import lance
+
+    ds = lance.dataset(str(uri))
+    on_disk = {f.id: f.bytes_on_disk for f in ds.stats.data_stats().fields}
+    rows = ds.count_rows()
+
+    def total(field) -> int:  # a struct or list column: its own bytes + its children's
+        return on_disk.get(field.id(), 0) + sum(total(c) for c in field.children())
+
+    columns: dict[str, dict[str, Any]] = {}
+    for field in ds.lance_schema.fields():
+        arrow = ds.schema.field(field.name())
+        raw = None
+        if pa.types.is_fixed_size_list(arrow.type) and pa.types.is_primitive(arrow.type.value_type):
+            raw = arrow.type.list_size * arrow.type.value_type.bit_width // 8
+        columns[field.name()] = {"bytes_per_sample": total(field) / rows if rows else 0.0,
+                                 "raw_bytes_per_sample": raw}
+    return {"uri": str(uri), "rows": rows, "version": ds.version, "columns": columns,
+            "bytes_per_sample": sum(c["bytes_per_sample"] for c in columns.values())}
+
+
+def format_label_stats(stats: dict[str, Any]) -> str:
+    lines = [f"label store {stats['uri']} (version {stats['version']}): {stats['rows']} samples, "
+             f"{stats['bytes_per_sample']:,.0f} bytes/sample", "",
+             f"{'column':16s} {'bytes/sample':>13s} {'raw bytes/sample':>17s}"]
+    for name, c in stats["columns"].items():
+        raw = f"{c['raw_bytes_per_sample']:,}" if c["raw_bytes_per_sample"] is not None else "-"
+        lines.append(f"{name:16s} {c['bytes_per_sample']:13,.1f} {raw:>17s}")
+    return "\n".join(lines)

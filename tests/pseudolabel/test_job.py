@@ -36,6 +36,7 @@ def test_one_row_per_key_with_every_column(labelled):
     ds = lance.dataset(str(wd.labels_uri))
     keys = ds.to_table(columns=["key"]).column("key").to_pylist()
     assert len(keys) == len(set(keys)) == 40 == manifest["counts"]["samples"]
+    assert manifest["counts"]["bytes_per_sample"]["depth"] > 0  # fm21 stats --labels, in the manifest
     for column in ("rgb", "depth", "normal", "semseg", "instance", "det", "caption", "canny_edge",
                    "sam_edge", "color_palette", "metadata"):
         assert column in ds.schema.names
