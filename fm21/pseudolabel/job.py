@@ -94,8 +94,10 @@ def run_pseudolabel(cfg: PseudolabelConfig, ctx) -> dict:
     schema = labels_schema(specialists, ingest_fp=ingest["fingerprint"])
     uri = ctx.workdir.labels_uri
     _drop_if_stale(uri, ingest["fingerprint"])
-    unit_store.ensure_store(uri, schema)
     records = unit_store.read_records(uri)
+    if unit_store.drop_if_unrecorded(uri, records):
+        records = unit_store.Records({}, {})
+    unit_store.ensure_store(uri, schema)
     added = _add_missing_columns(uri, schema, specialists, cfg, ctx, image_size=image_size, records=records)
     units = _plan_units(ctx.workdir.shard_paths(), records, retry_failed=cfg.retry_failed, uri=uri)
     counts = {"units": 0, "rows": 0, "failed": 0, "commits": 0, "nodes": 0}

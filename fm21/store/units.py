@@ -108,6 +108,18 @@ def _replay(ds, versions: list[int]) -> Records:
     return records
 
 
+def drop_if_unrecorded(uri: Path | str, records: Records) -> bool:
+    """A store with rows but no unit records was written before work units existed (or by
+    hand): a resume cannot tell which units it holds, so it is rebuilt, never appended to."""
+    import lance
+
+    if records.units or not exists(uri) or lance.dataset(str(uri)).count_rows() == 0:
+        return False
+    log.warning("%s has rows but no unit records (written by an older fm21?); rebuilding it", uri)
+    fs.remove_tree(uri)
+    return True
+
+
 def ensure_store(uri: Path | str, schema: pa.Schema) -> None:
     """An empty store with ``schema`` (version 1), so every later commit is an Append."""
     import lance

@@ -131,8 +131,11 @@ def run_tokens(cfg: TokensConfig, ctx) -> dict:
     if unit_store.exists(uri) and token_store.read_store_metadata(uri) != token_store.read_schema_metadata(schema):
         log.info("tokens: %s was made with other tokenizers/labels/specs; rebuilding", uri)
         fs.remove_tree(uri)
+    records = unit_store.read_records(uri)
+    if unit_store.drop_if_unrecorded(uri, records):
+        records = unit_store.Records({}, {})
     unit_store.ensure_store(uri, schema)
-    done = unit_store.read_records(uri).units
+    done = records.units
     labels = store.open_dataset(labels_uri)
     # Unit = one labels fragment, read at this pinned version; fragment ids are stable
     # under Append and Merge, so the unit id names the same rows on every rerun.

@@ -112,6 +112,16 @@ def test_killed_tokens_resumes_to_the_same_store(reference, tmp_path, crash_at):
     _assert_same_store(wd.tokens_uri, reference.tokens_uri, ["key", "crop"])
 
 
+def test_a_store_without_unit_records_is_rebuilt_not_appended_to(reference, tmp_path):
+    """A labels.lance written before work units existed: no records, so no blind appends."""
+    wd = _copy_stages(reference, tmp_path / "work", ["ingest"])
+    old = lance.dataset(str(reference.labels_uri))
+    lance.write_dataset(old.to_table(), str(wd.labels_uri), schema=old.schema)
+    manifest = run_stage(_config(wd.root), "pseudolabel")
+    assert manifest["counts"]["new_units"] == 6 and manifest["counts"]["samples"] == 48
+    _assert_same_store(wd.labels_uri, reference.labels_uri, ["key"])
+
+
 def test_failed_samples_are_recorded_and_retried_alone(reference, tmp_path, monkeypatch):
     wd = _copy_stages(reference, tmp_path / "work", ["ingest"])
     keys = sorted(lance.dataset(str(reference.labels_uri)).to_table(columns=["key"]).column("key").to_pylist())
