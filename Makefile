@@ -27,8 +27,8 @@ demo: install            ## the whole pipeline on the embedded default (Prefect 
 test: install            ## the test suite (CPU, no network)
 	$(VENV)/bin/python -m pytest -q
 
-$(STAGES): install       ## one stage: make pseudolabel [FORCE=1] [SET="k=v ..."]
-	$(FM21) stage $@ $(if $(FORCE),--force)
+$(STAGES): install       ## one stage: make pseudolabel [FORCE=1] [RETRY_FAILED=1] [SET="k=v ..."]
+	$(FM21) stage $@ $(if $(FORCE),--force) $(if $(RETRY_FAILED),--retry-failed)
 
 build-dataset: install   ## ingest -> pseudolabel -> tokenizers -> tokens as a Prefect flow
 	$(FM21) run build_dataset

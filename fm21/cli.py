@@ -64,6 +64,8 @@ def config_show() -> None:
 def stage(
     name: Annotated[str, typer.Argument(help=" | ".join(STAGES))],
     force: Annotated[bool, typer.Option("--force", help="run even if up to date")] = False,
+    retry_failed: Annotated[bool, typer.Option(
+        "--retry-failed", help="pseudolabel: also re-run only the samples recorded as failed")] = False,
 ) -> None:
     """Run one stage (skipped when its manifest matches its inputs)."""
     from fm21.stages import run_stage
@@ -71,7 +73,10 @@ def stage(
     if name not in STAGES:
         typer.echo(f"error: unknown stage {name!r}; stages: {', '.join(STAGES)}", err=True)
         raise typer.Exit(2)
-    manifest = run_stage(_cfg(), name, force=force)
+    cfg = _cfg()
+    if retry_failed:  # the same as --set pseudolabel.retry_failed=true
+        cfg = cfg.model_copy(update={"pseudolabel": cfg.pseudolabel.model_copy(update={"retry_failed": True})})
+    manifest = run_stage(cfg, name, force=force)
     state = "skipped (up to date)" if manifest.get("skipped") else f"done in {manifest['seconds']}s"
     typer.echo(f"{name}: {state}; counts: {manifest.get('counts')}")
 
@@ -111,25 +116,26 @@ def _echo_outputs(cfg: FlowConfig) -> None:
 @app.command()
 def stats(
     as_json: Annotated[bool, typer.Option("--json", help="print JSON instead of a table")] = False,
+    labels: Annotated[bool, typer.Option("--labels", help="labels.lance: bytes per sample per column")] = False,
 ) -> None:
     """Token-store statistics: rows, per-modality coverage, codebook usage, perplexity, bytes."""
-    from fm21.store.stats import format_stats, token_store_stats
-
-    cfg = _cfg()
-    from fm21.store.layout import Workdir
     from pathlib import Path
 
-    uri = Workdir(Path(cfg.workdir)).tokens_uri
+    from fm21.store.layout import Workdir
+    from fm21.store.stats import format_label_stats, format_stats, label_store_stats, token_store_stats
+
+    wd = Workdir(Path(_cfg().workdir))
+    uri, stage = (wd.labels_uri, "pseudolabel") if labels else (wd.tokens_uri, "tokens")
     if not uri.exists():
-        typer.echo(f"error: no token store at {uri}; run `make tokens` first", err=True)
+        typer.echo(f"error: no store at {uri}; run `make {stage}` first", err=True)
         raise typer.Exit(1)
-    result = token_store_stats(uri)
+    result = label_store_stats(uri) if labels else token_store_stats(uri)
     if as_json:
         import json
 
         typer.echo(json.dumps(result, indent=2))
     else:
-        typer.echo(format_stats(result))
+        typer.echo(format_label_stats(result) if labels else format_stats(result))
 
 
 def entrypoint() -> None:  # pragma: no cover - console script shim

@@ -67,6 +67,7 @@ class IngestConfig(Strict):
     min_side: int = 16  # smaller inputs are rejected
     max_pixels: int = 200_000_000  # larger inputs are rejected (decompression-bomb guard)
     seed: int = 0
+    num_cpus: float = 1.0  # per synthetic shard task (one Ray task renders one shard)
     synthetic: SyntheticConfig = SyntheticConfig()
 
 
@@ -84,7 +85,12 @@ class SpecialistConfig(Strict):
 
 
 class PseudolabelConfig(Strict):
-    rows_per_commit: int = 512  # labelled rows per Lance commit (the resume granularity)
+    # A work unit is one input shard, labelled by one worker actor holding every specialist.
+    units_per_commit: int = Field(4, ge=1)  # units per Lance Append (resume is per unit)
+    concurrency: int = Field(1, ge=1)  # worker actors
+    num_cpus: float = 1.0  # per worker actor
+    num_gpus: float = 0.0
+    retry_failed: bool = False  # also re-run the samples recorded as failed (only those)
     specialists: dict[str, SpecialistConfig]
 
 
@@ -121,7 +127,7 @@ class TokensConfig(Strict):
     min_crop_scale: float = 0.8
     val_fraction: float = 0.1  # sample keys hashed into the validation split
     batch_size: int = 64
-    rows_per_commit: int = 4096  # label rows tokenized per Lance commit (resume granularity)
+    units_per_commit: int = Field(4, ge=1)  # labels.lance fragments per tokens.lance Append
     num_cpus: float = 1.0
     num_gpus: float = 0.0
     concurrency: int = 1

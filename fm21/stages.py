@@ -55,7 +55,7 @@ def _stage_fn(name: str) -> Callable[[Any, RunContext], dict]:
     if name == "ingest":
         from fm21.ingest.stage import run_ingest
 
-        return lambda c, ctx: run_ingest(c, workdir=ctx.workdir, seed=c.seed)
+        return lambda c, ctx: run_ingest(c, workdir=ctx.workdir, seed=c.seed, ray=ctx.ray)
     if name == "pseudolabel":
         from fm21.pseudolabel.job import run_pseudolabel
 

@@ -5,7 +5,9 @@ Every input ends up either in a shard or as one line of rejects.jsonl, so
 ``inputs == accepted + rejected`` always holds and the run completes whatever the inputs.
 Shards and rejects are built in a hidden staging folder beside them and swapped in at the
 end, so a killed run never leaves a half-written store that looks complete; staging
-leftovers of killed runs are removed on the next run.
+leftovers of killed runs are removed on the next run. Synthetic scenes are rendered as
+one Ray task per shard (``fm21.ingest.units``) into a staging folder named by the config
+fingerprint, so a killed run resumes with the shards it had finished.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import IO
 
-from fm21.config import IngestConfig
+from fm21.config import IngestConfig, RayConfig
 from fm21.ingest.normalize import RejectedInput, normalize_image, reason_category
 from fm21.ingest.shards import (
     ShardSample,
@@ -31,31 +33,43 @@ from fm21.ingest.shards import (
 )
 from fm21.ingest.sources import RawInput, Rejection, iter_folder, iter_webdataset
 from fm21.ingest.synthetic import render_scene
+from fm21.ingest.units import SCENE_SEED_STRIDE, build_synthetic, num_synthetic_shards
 from fm21.store.layout import Workdir
+from fm21.store.manifest import fingerprint_of
 
 log = logging.getLogger(__name__)
 
 _STAGING_PREFIX = ".staging-"
 _RETIRED_PREFIX = ".retired-"
-SCENE_SEED_STRIDE = 1_000_003  # scene i of run seed s is rendered with s * stride + i
+__all__ = ["SCENE_SEED_STRIDE", "iter_samples", "run_ingest"]
 
 
-def run_ingest(cfg: IngestConfig, *, workdir: Workdir, seed: int) -> dict:
+def run_ingest(cfg: IngestConfig, *, workdir: Workdir, seed: int, ray: RayConfig | None = None) -> dict:
     """Build the shards and rejects for ``cfg``; return the counts for the manifest.
 
     ``seed`` names and seeds the synthetic scenes (keys ``syn{seed:04d}-{index:07d}``);
-    folder and webdataset inputs do not depend on it.
+    folder and webdataset inputs do not depend on it. With ``ray``, synthetic shards are
+    rendered in Ray tasks; without, in this process (the same bytes either way).
     """
     stage_dir = workdir.stage_dir("ingest")
     stage_dir.mkdir(parents=True, exist_ok=True)
-    _remove_leftovers(stage_dir)
-    staging = stage_dir / f"{_STAGING_PREFIX}{uuid.uuid4().hex[:12]}"
-    staging.mkdir()
-    try:
-        summary = _build(cfg, staging=staging, seed=seed)
-        _publish(staging, workdir=workdir)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+    if cfg.source == "synthetic":  # resumable: the same inputs find the same staging folder
+        name = fingerprint_of({"ingest": cfg.model_dump(mode="json"), "seed": seed})
+    else:
+        name = uuid.uuid4().hex[:12]
+    staging = stage_dir / f"{_STAGING_PREFIX}{name}"
+    _remove_leftovers(stage_dir, keep=staging.name)
+    staging.mkdir(exist_ok=True)
+    if cfg.source == "synthetic":
+        summary = _build_synthetic(cfg, staging=staging, seed=seed, ray=ray)
+    else:
+        try:
+            summary = _build(cfg, staging=staging, seed=seed)
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
+    _publish(staging, workdir=workdir)
+    shutil.rmtree(staging, ignore_errors=True)
     log.info(
         "ingest (%s): %d inputs, %d accepted, %d rejected %s, %d shards",
         summary["source"], summary["inputs"], summary["accepted"], summary["rejected"],
@@ -129,6 +143,15 @@ def _build(cfg: IngestConfig, *, staging: Path, seed: int) -> dict:
     }
 
 
+def _build_synthetic(cfg: IngestConfig, *, staging: Path, seed: int, ray: RayConfig | None) -> dict:
+    """Missing shards only (a killed run's finished shards stay); scenes are never rejected."""
+    units = build_synthetic(cfg, shards_dir=staging / "shards", seed=seed, ray=ray)
+    (staging / "rejects.jsonl").write_text("")
+    num = cfg.synthetic.num_samples
+    return {"source": cfg.source, "path": cfg.path, "inputs": num, "accepted": num, "rejected": 0,
+            "rejected_by_reason": {}, "shards": num_synthetic_shards(cfg), "image_size": cfg.image_size, **units}
+
+
 def _write_reject(handle: IO[str], rejection: Rejection) -> None:
     handle.write(json.dumps(rejection.record(), ensure_ascii=False) + "\n")
 
@@ -145,8 +168,8 @@ def _publish(staging: Path, *, workdir: Workdir) -> None:
     shutil.rmtree(retired, ignore_errors=True)
 
 
-def _remove_leftovers(stage_dir: Path) -> None:
-    """Staging and retired folders of earlier runs that were killed."""
+def _remove_leftovers(stage_dir: Path, *, keep: str) -> None:
+    """Staging and retired folders of earlier runs that were killed (but the one to resume)."""
     for path in stage_dir.iterdir():
-        if path.is_dir() and path.name.startswith((_STAGING_PREFIX, _RETIRED_PREFIX)):
+        if path.is_dir() and path.name != keep and path.name.startswith((_STAGING_PREFIX, _RETIRED_PREFIX)):
             shutil.rmtree(path, ignore_errors=True)

@@ -1,37 +1,38 @@
-"""The pseudolabel stage: a Ray Data job mapping each enabled specialist over the shards
-as its own actor pool, into labels.lance (one row per sample key).
+"""The pseudolabel stage: a Ray job over work units (one input shard each) into
+labels.lance (one row per sample key).
 
-Resume and idempotence: keys already committed are filtered out before any specialist
-runs, and the driver commits every ``rows_per_commit`` rows of the one streaming
-execution as a Lance transaction, so a re-run adds nothing and a killed run resumes
-where it stopped, without duplicates.
-A specialist enabled later adds its columns to the committed rows (Lance merge) without
-rewriting the others. A store built from other shards (ingest fingerprint changed) is
-rebuilt from scratch.
+The driver plans: which units are not committed yet (``fm21.store.units`` records them
+in the store's own transactions), and which specialists run. Ray actors
+(``fm21.pseudolabel.worker.LabelWorker``) label a whole unit and write its fragment; the
+driver commits ``units_per_commit`` units per Lance Append. It never sees sample data,
+so its memory does not grow with the dataset; a run killed anywhere resumes at the
+first uncommitted unit. ``retry_failed`` re-runs only the samples recorded as failed.
+A specialist enabled later adds its columns fragment by fragment on workers, committed
+as one Merge: the other columns' data files are not rewritten. A store built from other
+shards (ingest fingerprint changed) is rebuilt from scratch.
 """
 
 from __future__ import annotations
 
-import io
 import json
 import logging
-import shutil
-import tarfile
 from pathlib import Path
-from typing import Any
 
-import numpy as np
 import pyarrow as pa
 
 from fm21.config import PseudolabelConfig, SpecialistConfig
 from fm21.pseudolabel.specialists import SPECIALISTS
 from fm21.pseudolabel.specialists.base import Specialist
+from fm21.pseudolabel.worker import RAW_COLUMNS, LabelWorker, build_specialist, decode_batch
+from fm21.store import fs
 from fm21.store import labels as store
+from fm21.store import units as unit_store
 from fm21.store.manifest import read_manifest
+from fm21.store.stats import label_store_stats
 
 log = logging.getLogger("fm21")
 
-RAW_COLUMNS = ("key", "png", "json", "gt.npz")
+__all__ = ["RAW_COLUMNS", "decode_batch", "labels_schema", "plan_specialists", "run_pseudolabel"]
 
 
 # ------------------------------------------------------------------ planning (driver side)
@@ -70,7 +71,7 @@ def _column_names(name: str) -> list[str]:
 
 
 def _build(name: str, cfg: SpecialistConfig | None, *, image_size: int) -> Specialist:
-    return SPECIALISTS[name](cfg or SpecialistConfig(), image_size=image_size)
+    return build_specialist(name, cfg, image_size=image_size)
 
 
 def labels_schema(specialists: dict[str, Specialist], *, ingest_fp: str) -> pa.Schema:
@@ -84,88 +85,8 @@ def labels_schema(specialists: dict[str, Specialist], *, ingest_fp: str) -> pa.S
     })
 
 
-def shard_keys(path: Path) -> list[str]:
-    """Sample keys of a shard from member names only (no decoding)."""
-    keys: list[str] = []
-    with tarfile.open(path) as tar:
-        for member in tar.getnames():
-            base = Path(member).name.split(".", 1)[0]
-            if member.endswith(".png") and base not in keys:
-                keys.append(base)
-    return keys
-
-
-# ------------------------------------------------------------------ worker side
-def decode_batch(table: pa.Table, requires: tuple[str, ...], *, needs_gt: bool = True) -> dict[str, Any]:
-    """Raw shard columns (+ earlier specialists' columns) -> the specialist batch contract.
-
-    Pixels come from the ``rgb`` column once the image specialist has run (decoding the
-    PNG only for the first one); ground truth is decoded only for those that read it.
-    """
-    from PIL import Image
-
-    batch: dict[str, Any] = {"key": table.column("key").to_pylist()}
-    if "rgb" in table.column_names:
-        batch["rgb"] = store.column_to_python(table.column("rgb"), table.schema.field("rgb"))  # (B, S, S, 3)
-    else:
-        batch["rgb"] = np.stack([
-            np.asarray(Image.open(io.BytesIO(b)).convert("RGB")) for b in table.column("png").to_pylist()
-        ])  # (B, S, S, 3)
-    batch["meta"] = [json.loads(b) for b in table.column("json").to_pylist()]
-    gts = table.column("gt.npz").to_pylist() if needs_gt and "gt.npz" in table.column_names else [None] * len(table)
-    batch["gt"] = [None if b is None else dict(np.load(io.BytesIO(b))) for b in gts]
-    for name in requires:
-        if name in table.column_names:
-            batch[name] = store.column_to_python(table.column(name), table.schema.field(name))
-    return batch
-
-
-class SpecialistActor:
-    """Ray Data callable class: one specialist per actor, loaded once."""
-
-    def __init__(self, name: str, cfg: dict, image_size: int) -> None:
-        self.specialist = _build(name, SpecialistConfig.model_validate(cfg), image_size=image_size)
-        self.specialist.load()
-        self.fields = self.specialist.columns()
-
-    def __call__(self, table: pa.Table) -> pa.Table:
-        batch = decode_batch(table, self.specialist.requires, needs_gt=self.specialist.oracle)
-        out = self.specialist(batch)
-        for field in self.fields:
-            table = table.append_column(field, pa.array(out[field.name], type=field.type))
-        return table
-
-
-def _normalise_raw(table: pa.Table) -> pa.Table:
-    """webdataset's ``__key__`` -> ``key``; only the raw columns travel on."""
-    table = table.rename_columns(["key" if c == "__key__" else c for c in table.column_names])
-    return table.select([c for c in RAW_COLUMNS if c in table.column_names])
-
-
-# ------------------------------------------------------------------ the job
-def _labelled(shards: list[Path], todo: set[str], specialists: dict[str, Specialist], cfg: PseudolabelConfig, image_size: int):
-    import ray
-
-    ds = ray.data.read_webdataset([str(p) for p in shards], decoder=None, include_paths=False)
-    ds = ds.map_batches(_normalise_raw, batch_format="pyarrow", zero_copy_batch=True)
-    ds = ds.filter(lambda row: row["key"] in todo)
-    for name in specialists:
-        scfg = cfg.specialists.get(name) or SpecialistConfig()
-        ds = ds.map_batches(
-            SpecialistActor,
-            fn_constructor_kwargs={"name": name, "cfg": scfg.model_dump(), "image_size": image_size},
-            batch_size=scfg.batch_size,
-            batch_format="pyarrow",
-            num_cpus=scfg.num_cpus,
-            num_gpus=scfg.num_gpus or None,
-            compute=ray.data.ActorPoolStrategy(size=scfg.concurrency),
-        )
-    return ds
-
-
+# ------------------------------------------------------------------ the job (driver side)
 def run_pseudolabel(cfg: PseudolabelConfig, ctx) -> dict:
-    from fm21.ray_runtime import ensure_ray
-
     ingest = read_manifest(ctx.workdir.manifest("ingest"))
     image_size = int(ingest["config"]["ingest"]["image_size"])
     order = plan_specialists(cfg, ctx.specs)
@@ -173,82 +94,133 @@ def run_pseudolabel(cfg: PseudolabelConfig, ctx) -> dict:
     schema = labels_schema(specialists, ingest_fp=ingest["fingerprint"])
     uri = ctx.workdir.labels_uri
     _drop_if_stale(uri, ingest["fingerprint"])
-    added_columns = _add_missing_columns(uri, schema, specialists, cfg, ctx, image_size)
-    done = store.committed_keys(uri)
-    shards = [p for p in ctx.workdir.shard_paths() if set(shard_keys(p)) - done]
-    todo = {k for p in shards for k in shard_keys(p)} - done
-    if todo:
-        ensure_ray(ctx.ray)
-        ds = _labelled(shards, todo, specialists, cfg, image_size).select_columns(schema.names)
-        _commit_stream(ds, uri, schema, rows_per_commit=cfg.rows_per_commit)
-    return _summary(uri, specialists, num_new=len(todo), added_columns=added_columns)
+    records = unit_store.read_records(uri)
+    if unit_store.drop_if_unrecorded(uri, records):
+        records = unit_store.Records({}, {})
+    unit_store.ensure_store(uri, schema)
+    added = _add_missing_columns(uri, schema, specialists, cfg, ctx, image_size=image_size, records=records)
+    units = _plan_units(ctx.workdir.shard_paths(), records, retry_failed=cfg.retry_failed, uri=uri)
+    counts = {"units": 0, "rows": 0, "failed": 0, "commits": 0, "nodes": 0}
+    if units:
+        store_schema = store.open_dataset(uri).schema
+        actors = _actors(order, cfg, ctx, image_size=image_size, uri=uri, schema=store_schema)
+        try:
+            counts = unit_store.run_units(actors, lambda a, u: a.label_unit.remote(u), units, uri=uri,
+                                          units_per_commit=cfg.units_per_commit, stage="pseudolabel")
+        finally:
+            _release(actors)
+    _sync_metadata(uri, schema)
+    return _summary(uri, specialists, counts=counts, added_columns=added)
 
 
-def _commit_stream(ds, uri: Path, schema: pa.Schema, *, rows_per_commit: int) -> None:
-    """One streaming Ray execution; the driver commits every ``rows_per_commit`` rows.
+def _plan_units(shards: list[Path], records: unit_store.Records, *, retry_failed: bool, uri: Path) -> list[dict]:
+    """Uncommitted shards, then (with ``retry_failed``) one retry unit per shard with failures."""
+    units = [{"id": p.name, "path": str(p)} for p in shards if p.name not in records.units]
+    if retry_failed and records.failed:
+        by_unit: dict[str, list[str]] = {}
+        for key, entry in records.failed.items():
+            by_unit.setdefault(entry["unit"].split("#")[0], []).append(key)
+        version = store.open_dataset(uri).version  # makes each retry's unit id unique
+        folder = shards[0].parent if shards else Path(".")
+        units += [{"id": f"{shard}#retry-v{version}", "path": str(folder / shard), "keys": sorted(keys)}
+                  for shard, keys in sorted(by_unit.items())]
+    return units
 
-    Each commit is one Lance transaction, so a killed run keeps what it committed and
-    the next run's key filter skips exactly those rows: no duplicates, little rework.
-    """
-    import lance
 
-    for table in ds.iter_batches(batch_size=rows_per_commit, batch_format="pyarrow"):
-        table = table.select(schema.names).cast(schema)
-        mode = "append" if uri.exists() else "create"
-        lance.write_dataset(table, str(uri), schema=schema, mode=mode)
-        log.info("pseudolabel: committed %d samples to %s", table.num_rows, uri.name)
+def _actors(names: list[str], cfg: PseudolabelConfig, ctx, *, image_size: int, uri: Path, schema: pa.Schema) -> list:
+    import ray
+
+    from fm21.faults import arm, worker_env
+    from fm21.ray_runtime import ensure_ray
+
+    arm()
+    ensure_ray(ctx.ray)
+    env = worker_env()
+    options = {"num_cpus": cfg.num_cpus, "num_gpus": cfg.num_gpus, **({"runtime_env": {"env_vars": env}} if env else {})}
+    cfgs = {n: (cfg.specialists.get(n) or SpecialistConfig()).model_dump() for n in names}
+    remote = ray.remote(LabelWorker).options(**options)
+    return [remote.remote(names, cfgs, image_size=image_size, uri=str(uri), schema=schema)
+            for _ in range(cfg.concurrency)]
+
+
+def _release(actors: list) -> None:
+    """Free the actors' CPUs/GPUs for the next stage in this process."""
+    import ray
+
+    for actor in actors:
+        ray.kill(actor)
 
 
 def _drop_if_stale(uri: Path, ingest_fp: str) -> None:
-    if uri.exists() and store.store_metadata(uri).get("ingest_fingerprint") != ingest_fp:
+    if unit_store.exists(uri) and store.store_metadata(uri).get("ingest_fingerprint") != ingest_fp:
         log.info("pseudolabel: %s was built from other shards; rebuilding", uri)
-        shutil.rmtree(uri)
+        fs.remove_tree(uri)
 
 
-def _add_missing_columns(uri: Path, schema: pa.Schema, specialists, cfg, ctx, image_size: int) -> list[str]:
-    """Columns of newly enabled specialists, computed for committed rows and merged in."""
-    if not uri.exists():
-        return []
+def _sync_metadata(uri: Path, schema: pa.Schema) -> None:
+    """Provenance of the run's specialists into the store's schema metadata (idempotent)."""
+    ds = store.open_dataset(uri)
+    wanted = {k.decode(): v.decode() for k, v in schema.metadata.items()}
+    have = {k.decode(): v.decode() for k, v in (ds.schema.metadata or {}).items()}
+    if have != wanted:
+        ds.update_schema_metadata(wanted, replace=True)
+
+
+def _add_missing_columns(uri: Path, schema: pa.Schema, specialists: dict[str, Specialist], cfg: PseudolabelConfig,
+                         ctx, *, image_size: int, records: unit_store.Records) -> list[str]:
+    """Columns of newly enabled specialists for every committed fragment, as one Merge.
+
+    Each worker merges its fragment's new columns into a new data file; the driver commits
+    the fragments' metadata against the version they read, so no other data file changes.
+    """
+    import lance
+    from lance.fragment import FragmentMetadata
+    from ray.util import ActorPool
+
     ds = store.open_dataset(uri)
     have = set(ds.schema.names)
-    new = {n: s for n, s in specialists.items() if any(f.name not in have for f in s.columns())}
+    new = [n for n, s in specialists.items() if any(f.name not in have for f in s.columns())]
     if not new:
         return []
-    from fm21.ray_runtime import ensure_ray
+    fragments = ds.get_fragments()
+    if not fragments:  # nothing labelled yet: start the store over with the full schema
+        lance.write_dataset(schema.empty_table(), str(uri), schema=schema, mode="overwrite")
+        return []
+    unit_of = records.unit_of_file()
+    shards = ctx.workdir.shards_dir
+    tasks = [{"fragment": f.fragment_id, "version": ds.version,
+              "path": str(shards / unit_of[f.data_files()[0].path].split("#")[0])} for f in fragments]
+    actors = _actors(new, cfg, ctx, image_size=image_size, uri=uri, schema=ds.schema)
+    try:
+        results = list(ActorPool(actors).map_unordered(lambda a, t: a.add_columns.remote(t), tasks))
+    finally:
+        _release(actors)
+    merged = [FragmentMetadata.from_json(r["fragment"]) for r in results]
+    failed = {k: v for r in results for k, v in r["failed"].items()}
+    props = {unit_store.PROP_FAILED_COLUMNS: json.dumps(failed)}
+    op = lance.LanceOperation.Merge(sorted(merged, key=lambda f: f.id), results[0]["schema"])
+    lance.LanceDataset.commit(str(uri), lance.Transaction(ds.version, op, transaction_properties=props))
+    added = [f.name for n in new for f in specialists[n].columns()]
+    log.info("pseudolabel: added columns %s to %d fragments (%d samples failed)", added, len(merged), len(failed))
+    return added
 
-    ensure_ray(ctx.ray)
-    keys = set(ds.to_table(columns=["key"]).column("key").to_pylist())
-    # Earlier columns they require are recomputed alongside (cheap for the skeleton's specialists).
-    needed = {n: specialists[n] for n in specialists if n in new or _required_by(n, new, specialists)}
-    labelled = _labelled(ctx.workdir.shard_paths(), keys, needed, cfg, image_size)
-    columns = ["key"] + [f.name for s in new.values() for f in s.columns()]
-    table = _collect(labelled.select_columns(columns))
-    ds.merge(table, left_on="key")
+
+def _summary(uri: Path, specialists: dict, *, counts: dict[str, int], added_columns: list[str]) -> dict:
     ds = store.open_dataset(uri)
-    ds.update_schema_metadata({k.decode(): v.decode() for k, v in schema.metadata.items()}, replace=True)
-    return [c for c in columns if c != "key"]
-
-
-def _collect(ds) -> pa.Table:
-    return pa.concat_tables(list(ds.iter_batches(batch_format="pyarrow", batch_size=None)))
-
-
-def _required_by(name: str, new: dict, specialists: dict) -> bool:
-    produced = {f.name for f in specialists[name].columns()}
-    return any(produced & set(s.requires) for s in new.values())
-
-
-def _summary(uri: Path, specialists: dict, *, num_new: int, added_columns: list[str]) -> dict:
-    ds = store.open_dataset(uri)
-    keys = ds.to_table(columns=["key"]).column("key").to_pylist()
-    if len(keys) != len(set(keys)):
-        raise RuntimeError(f"{uri} holds duplicate sample keys ({len(keys) - len(set(keys))}); the store is corrupt")
+    records = unit_store.read_records(uri)
     return {
-        "samples": len(keys),
-        "new_samples": num_new,
+        "samples": ds.count_rows(),  # from fragment metadata: the driver reads no keys
+        "new_samples": counts["rows"],
+        "units": len(records.units),
+        "new_units": counts["units"],
+        "commits": counts["commits"],
+        "nodes": counts["nodes"],  # Ray nodes whose workers wrote this run's units
+        "failed_samples": len(records.failed),
+        "orphan_files": len(unit_store.orphan_files(uri)),
         "added_columns": added_columns,
         "specialists": list(specialists),
         "random_specialists": [n for n, s in specialists.items() if s.is_random],
         "oracle_specialists": [n for n, s in specialists.items() if s.oracle],
-        "bytes": sum(f.stat().st_size for f in uri.rglob("*") if f.is_file()),
+        "bytes": fs.tree_bytes(uri),
+        "bytes_per_sample": {c: round(v["bytes_per_sample"], 1) for c, v in label_store_stats(uri)["columns"].items()},
     }

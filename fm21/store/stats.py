@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -9,17 +10,17 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from fm21.store.fs import tree_bytes
 from fm21.store.tokens import read_store_metadata
 
 
-def _token_stats(column: pa.ChunkedArray, vocab: int | None) -> dict[str, Any]:
-    values = pc.list_flatten(column).to_numpy(zero_copy_only=False).astype(np.int64)
-    if values.size == 0:
+def _token_stats(counts: np.ndarray, vocab: int | None) -> dict[str, Any]:
+    total = int(counts.sum())
+    if total == 0:
         return {"tokens": 0}
-    counts = np.bincount(values, minlength=vocab or 0)
-    p = counts[counts > 0] / values.size
+    p = counts[counts > 0] / total
     out = {
-        "tokens": int(values.size),
+        "tokens": total,
         "unique": int((counts > 0).sum()),
         "perplexity": float(np.exp(-(p * np.log(p)).sum())),
     }
@@ -28,35 +29,70 @@ def _token_stats(column: pa.ChunkedArray, vocab: int | None) -> dict[str, Any]:
     return out
 
 
-def token_store_stats(uri: Path) -> dict[str, Any]:
+class _ModalityTally:
+    """Running counts for one modality column: memory O(vocab), not O(rows)."""
+
+    def __init__(self, spec: dict[str, Any]) -> None:
+        self.spec = spec
+        self.nulls = 0
+        self.counts = np.zeros(spec.get("vocab_size") or 0, np.int64)
+        self.num_lengths = self.sum_lengths = self.max_length = 0
+
+    def add(self, column: pa.Array) -> None:
+        self.nulls += column.null_count
+        if self.spec["kind"] == "pixels":
+            return
+        column = column.drop_null()
+        values = pc.list_flatten(column).to_numpy(zero_copy_only=False).astype(np.int64)
+        if values.size:
+            counts = np.bincount(values, minlength=self.counts.size)
+            counts[: self.counts.size] += self.counts
+            self.counts = counts
+        if self.spec["kind"] == "sequence":
+            lengths = pc.list_value_length(column).to_numpy(zero_copy_only=False)
+            self.num_lengths += int(lengths.size)
+            self.sum_lengths += int(lengths.sum())
+            self.max_length = max(self.max_length, int(lengths.max()) if lengths.size else 0)
+
+    def entry(self, rows: int, tokenizer_fp: str) -> dict[str, Any]:
+        out: dict[str, Any] = {"kind": self.spec["kind"], "coverage": (rows - self.nulls) / rows if rows else 0.0}
+        if self.spec["kind"] != "pixels":
+            out.update(_token_stats(self.counts, self.spec.get("vocab_size")))
+        if self.spec["kind"] == "sequence" and rows:
+            out["mean_len"] = self.sum_lengths / self.num_lengths if self.num_lengths else 0.0
+            out["max_len"] = self.max_length
+        out["random_tokenizer"] = bool(tokenizer_fp.startswith("random"))
+        return out
+
+
+def token_store_stats(uri: Path, *, batch_size: int = 4096) -> dict[str, Any]:
+    """One streaming pass over the store (the stats of a tokens run at any size).
+
+    ``samples`` counts the rows of crop 0: every sample has exactly one.
+    """
     import lance
 
     ds = lance.dataset(str(uri))
     meta = read_store_metadata(uri)
-    table = ds.to_table()
-    rows = table.num_rows
-    out: dict[str, Any] = {
+    tallies = {name: _ModalityTally(spec) for name, spec in meta["specs"].items()}
+    rows = samples = 0
+    splits: Counter[str] = Counter()
+    for batch in ds.to_batches(batch_size=batch_size):
+        rows += batch.num_rows
+        samples += int((batch.column("crop").to_numpy(zero_copy_only=False) == 0).sum())
+        splits.update(batch.column("split").to_pylist())
+        for name, tally in tallies.items():
+            tally.add(batch.column(name))
+    return {
         "uri": str(uri),
         "rows": rows,
-        "samples": len(set(table.column("key").to_pylist())),
-        "splits": {s: int(n) for s, n in zip(*np.unique(table.column("split").to_numpy(zero_copy_only=False), return_counts=True))},
-        "bytes": sum(f.stat().st_size for f in Path(uri).rglob("*") if f.is_file()),
+        "samples": samples,
+        "splits": dict(sorted(splits.items())),
+        "bytes": tree_bytes(uri),
         "version": ds.version,
         "tokenizers": meta["tokenizers"],
-        "modalities": {},
+        "modalities": {n: t.entry(rows, meta["tokenizers"].get(n, "")) for n, t in tallies.items()},
     }
-    for name, spec in meta["specs"].items():
-        column = table.column(name)
-        entry = {"kind": spec["kind"], "coverage": (rows - column.null_count) / rows if rows else 0.0}
-        if spec["kind"] != "pixels":
-            entry.update(_token_stats(column.drop_null(), spec.get("vocab_size")))
-        if spec["kind"] in ("sequence",) and rows:
-            lengths = pc.list_value_length(column.drop_null()).to_numpy(zero_copy_only=False)
-            entry["mean_len"] = float(lengths.mean()) if lengths.size else 0.0
-            entry["max_len"] = int(lengths.max()) if lengths.size else 0
-        entry["random_tokenizer"] = bool(meta["tokenizers"].get(name, "").startswith("random"))
-        out["modalities"][name] = entry
-    return out
 
 
 def format_stats(stats: dict[str, Any]) -> str:
@@ -73,4 +109,38 @@ def format_stats(stats: dict[str, Any]) -> str:
         lines.append(
             f"{name:16s} {e['kind']:14s} {e['coverage']:8.1%} {e.get('tokens', '-'):>9} {usage:>7s} {ppl:>10s} {length:>9s}"
         )
+    return "\n".join(lines)
+
+
+def label_store_stats(uri: Path) -> dict[str, Any]:
+    """Bytes on disk per sample for each column of labels.lance (from Lance's per-field
+    statistics, no data read), beside the raw in-memory size of fixed-size maps."""
+    import lance
+
+    ds = lance.dataset(str(uri))
+    on_disk = {f.id: f.bytes_on_disk for f in ds.stats.data_stats().fields}
+    rows = ds.count_rows()
+
+    def total(field) -> int:  # a struct or list column: its own bytes + its children's
+        return on_disk.get(field.id(), 0) + sum(total(c) for c in field.children())
+
+    columns: dict[str, dict[str, Any]] = {}
+    for field in ds.lance_schema.fields():
+        arrow = ds.schema.field(field.name())
+        raw = None
+        if pa.types.is_fixed_size_list(arrow.type) and pa.types.is_primitive(arrow.type.value_type):
+            raw = arrow.type.list_size * arrow.type.value_type.bit_width // 8
+        columns[field.name()] = {"bytes_per_sample": total(field) / rows if rows else 0.0,
+                                 "raw_bytes_per_sample": raw}
+    return {"uri": str(uri), "rows": rows, "version": ds.version, "columns": columns,
+            "bytes_per_sample": sum(c["bytes_per_sample"] for c in columns.values())}
+
+
+def format_label_stats(stats: dict[str, Any]) -> str:
+    lines = [f"label store {stats['uri']} (version {stats['version']}): {stats['rows']} samples, "
+             f"{stats['bytes_per_sample']:,.0f} bytes/sample", "",
+             f"{'column':16s} {'bytes/sample':>13s} {'raw bytes/sample':>17s}"]
+    for name, c in stats["columns"].items():
+        raw = f"{c['raw_bytes_per_sample']:,}" if c["raw_bytes_per_sample"] is not None else "-"
+        lines.append(f"{name:16s} {c['bytes_per_sample']:13,.1f} {raw:>17s}")
     return "\n".join(lines)

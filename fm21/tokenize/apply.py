@@ -1,16 +1,18 @@
-"""The tokens stage: apply the trained tokenizers to labels.lance as a Ray Data job,
-writing tokens.lance with one row per (sample key, crop).
+"""The tokens stage: apply the trained tokenizers to labels.lance as a Ray job over work
+units (one labels.lance fragment each), writing tokens.lance with one row per
+(sample key, crop).
 
 Every modality of a sample is cut with the same crop window and flip (aligned
-multi-crop, ``fm21.tokenize.crops``). Rows are committed ``rows_per_commit`` label rows
-at a time and keys already in the store are skipped, so a killed run resumes without
-duplicates. A store made with other tokenizers or labels is rebuilt.
+multi-crop, ``fm21.tokenize.crops``). A worker actor reads its fragment, tokenizes it
+and writes the tokens fragment itself; the driver commits ``units_per_commit`` units
+per Lance Append, recording the units in the transaction (``fm21.store.units``), so a
+killed run resumes at the first uncommitted fragment without duplicates. A store made
+with other tokenizers or labels is rebuilt.
 """
 
 from __future__ import annotations
 
 import logging
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -18,9 +20,12 @@ import numpy as np
 import pyarrow as pa
 
 from fm21.config import TokensConfig
+from fm21.faults import crash_point
 from fm21.modalities import ModalitySpec
+from fm21.store import fs
 from fm21.store import labels as store
 from fm21.store import tokens as token_store
+from fm21.store import units as unit_store
 from fm21.tokenize.crops import apply_crop, crop_window, is_val_key, key_hash
 from fm21.tokenize.sequences import serialize
 from fm21.tokenize.stage import TEXT_DIR
@@ -29,9 +34,11 @@ log = logging.getLogger("fm21")
 
 
 class TokenizeActor:
-    """Ray Data callable class: loads every tokenizer once, tokenizes batches of label rows."""
+    """Ray actor body: loads every tokenizer once, then tokenizes whole labels.lance
+    fragments (:meth:`tokenize_unit`) in batches of label rows (:meth:`__call__`)."""
 
-    def __init__(self, specs: dict[str, dict], tokenizers_dir: str, cfg: dict, schema: pa.Schema) -> None:
+    def __init__(self, specs: dict[str, dict], tokenizers_dir: str, cfg: dict, schema: pa.Schema,
+                 *, labels_uri: str = "", uri: str = "") -> None:
         import torch
 
         from fm21.tokenize.checkpoint import load_tokenizer
@@ -45,6 +52,22 @@ class TokenizeActor:
         self.image = {n: load_tokenizer(root / n) for n, s in self.specs.items() if s.is_image_like and s.kind != "pixels"}
         has_text = any(s.kind == "sequence" for s in self.specs.values())
         self.text = TextTokenizer.load(root / TEXT_DIR) if has_text else None
+        self.labels_uri, self.uri = labels_uri, uri
+        self.columns = sorted({"key", "rgb", *(c for s in self.specs.values() for c in s.label_columns)})
+
+    def tokenize_unit(self, unit: dict[str, Any]) -> dict[str, Any]:
+        """One labels fragment (at the planned labels version) -> its tokens fragment."""
+        import lance
+
+        fragment = lance.dataset(self.labels_uri, version=unit["version"]).get_fragment(unit["fragment"])
+        tables = []
+        for batch in fragment.to_batches(columns=self.columns, batch_size=self.cfg.batch_size):
+            tables.append(self(pa.Table.from_batches([batch])))
+            crash_point("tokens.in_unit")
+        table = pa.concat_tables(tables) if tables else self.schema.empty_table()
+        fragments = unit_store.write_unit(table, self.uri, self.schema)
+        crash_point("tokens.after_write")
+        return unit_store.UnitResult(unit["id"], fragments, table.num_rows).to_dict()
 
     def __call__(self, table: pa.Table) -> pa.Table:
         batch = {name: store.column_to_python(table.column(name), table.schema.field(name)) for name in table.column_names}
@@ -98,11 +121,6 @@ def _fingerprints(tokenizers_dir: Path, specs: dict[str, ModalitySpec]) -> dict[
 
 
 def run_tokens(cfg: TokensConfig, ctx) -> dict:
-    import dataclasses
-
-    import ray
-
-    from fm21.ray_runtime import ensure_ray
     from fm21.store.manifest import read_manifest
 
     specs = ctx.specs
@@ -110,40 +128,63 @@ def run_tokens(cfg: TokensConfig, ctx) -> dict:
     fps = _fingerprints(ctx.workdir.tokenizers_dir, specs)
     labels_fp = (read_manifest(ctx.workdir.manifest("pseudolabel")) or {})["fingerprint"]
     schema = token_store.tokens_schema(specs, tokenizers=fps, labels_fp=labels_fp)
-    if uri.exists() and token_store.read_store_metadata(uri) != token_store.read_schema_metadata(schema):
+    if unit_store.exists(uri) and token_store.read_store_metadata(uri) != token_store.read_schema_metadata(schema):
         log.info("tokens: %s was made with other tokenizers/labels/specs; rebuilding", uri)
-        shutil.rmtree(uri)
-    done = store.committed_keys(uri)
-    todo = sorted(store.committed_keys(labels_uri) - done)
-    columns = sorted({"key", "rgb", *(c for s in specs.values() for c in s.label_columns)})
-    for start in range(0, len(todo), cfg.rows_per_commit):
-        group = todo[start:start + cfg.rows_per_commit]
-        ensure_ray(ctx.ray)
-        table = store.open_dataset(labels_uri).to_table(columns=columns, filter=_key_filter(group))
-        ds = ray.data.from_arrow(table).map_batches(
-            TokenizeActor,
-            fn_constructor_kwargs={"specs": {n: dataclasses.asdict(s) for n, s in specs.items()},
-                                   "tokenizers_dir": str(ctx.workdir.tokenizers_dir),
-                                   "cfg": cfg.model_dump(), "schema": schema},
-            batch_size=cfg.batch_size, batch_format="pyarrow", num_cpus=cfg.num_cpus,
-            num_gpus=cfg.num_gpus or None, compute=ray.data.ActorPoolStrategy(size=cfg.concurrency),
-        )
-        ds.write_lance(str(uri), schema=schema, mode="append" if uri.exists() else "create")
-        log.info("tokens: committed %d samples x %d crops", len(group), cfg.num_crops)
-    return _summary(uri, num_new=len(todo))
+        fs.remove_tree(uri)
+    records = unit_store.read_records(uri)
+    if unit_store.drop_if_unrecorded(uri, records):
+        records = unit_store.Records({}, {})
+    unit_store.ensure_store(uri, schema)
+    done = records.units
+    labels = store.open_dataset(labels_uri)
+    # Unit = one labels fragment, read at this pinned version; fragment ids are stable
+    # under Append and Merge, so the unit id names the same rows on every rerun.
+    units = [{"id": f"labels-fragment-{f.fragment_id}", "fragment": f.fragment_id, "version": labels.version}
+             for f in labels.get_fragments() if f"labels-fragment-{f.fragment_id}" not in done]
+    counts = {"units": 0, "rows": 0, "failed": 0, "commits": 0, "nodes": 0}
+    if units:
+        actors = _actors(cfg, ctx, schema=schema)
+        try:
+            counts = unit_store.run_units(actors, lambda a, u: a.tokenize_unit.remote(u), units, uri=uri,
+                                          units_per_commit=cfg.units_per_commit, stage="tokens")
+        finally:
+            _release(actors)
+    return {**_summary(uri, num_new=counts["rows"] // max(cfg.num_crops, 1)), "new_units": counts["units"],
+            "commits": counts["commits"], "nodes": counts["nodes"]}
 
 
-def _key_filter(keys: list[str]) -> str:
-    return "key IN (" + ", ".join("'" + k.replace("'", "''") + "'" for k in keys) + ")"
+def _actors(cfg: TokensConfig, ctx, *, schema: pa.Schema) -> list:
+    import dataclasses
+
+    import ray
+
+    from fm21.faults import arm, worker_env
+    from fm21.ray_runtime import ensure_ray
+
+    arm()
+    ensure_ray(ctx.ray)
+    env = worker_env()
+    options = {"num_cpus": cfg.num_cpus, "num_gpus": cfg.num_gpus, **({"runtime_env": {"env_vars": env}} if env else {})}
+    remote = ray.remote(TokenizeActor).options(**options)
+    specs = {n: dataclasses.asdict(s) for n, s in ctx.specs.items()}
+    return [remote.remote(specs, str(ctx.workdir.tokenizers_dir), cfg.model_dump(), schema,
+                          labels_uri=str(ctx.workdir.labels_uri), uri=str(ctx.workdir.tokens_uri))
+            for _ in range(cfg.concurrency)]
+
+
+def _release(actors: list) -> None:
+    """Free the actors' CPUs/GPUs for the next stage in this process."""
+    import ray
+
+    for actor in actors:
+        ray.kill(actor)
 
 
 def _summary(uri: Path, *, num_new: int) -> dict[str, Any]:
     from fm21.store.stats import token_store_stats
 
+    # One streaming pass over the store: memory O(vocab), not O(rows).
     stats = token_store_stats(uri)
-    pairs = store.open_dataset(uri).to_table(columns=["key", "crop"]).to_pylist()
-    if len({(p["key"], p["crop"]) for p in pairs}) != len(pairs):
-        raise RuntimeError(f"{uri} holds duplicate (key, crop) rows; the store is corrupt")
     return {"rows": stats["rows"], "samples": stats["samples"], "new_samples": num_new, "splits": stats["splits"],
             "bytes": stats["bytes"],
             "coverage": {n: round(m["coverage"], 4) for n, m in stats["modalities"].items()},

@@ -13,6 +13,7 @@ from fm21.pseudolabel.job import plan_specialists
 from fm21.stages import run_stage
 from fm21.store import labels as store
 from fm21.store.layout import Workdir
+from fm21.store.units import read_records
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -24,7 +25,7 @@ def labelled(tmp_path_factory, ray_local):
     work = tmp_path_factory.mktemp("pl") / "work"
     cfg = load_config(ROOT / "flows.yaml", recipe=ROOT / "configs" / "tiny.yaml",
                       overrides=[f"workdir={work}", "ingest.synthetic.num_samples=40", "ingest.samples_per_shard=16",
-                                 "pseudolabel.rows_per_commit=16"])
+                                 "pseudolabel.units_per_commit=2"])
     run_stage(cfg, "ingest")
     manifest = run_stage(cfg, "pseudolabel")
     return cfg, Workdir(work), manifest
@@ -35,6 +36,7 @@ def test_one_row_per_key_with_every_column(labelled):
     ds = lance.dataset(str(wd.labels_uri))
     keys = ds.to_table(columns=["key"]).column("key").to_pylist()
     assert len(keys) == len(set(keys)) == 40 == manifest["counts"]["samples"]
+    assert manifest["counts"]["bytes_per_sample"]["depth"] > 0  # fm21 stats --labels, in the manifest
     for column in ("rgb", "depth", "normal", "semseg", "instance", "det", "caption", "canny_edge",
                    "sam_edge", "color_palette", "metadata"):
         assert column in ds.schema.names
@@ -55,20 +57,27 @@ def test_provenance_and_oracle_tags(labelled):
     assert manifest["counts"]["random_specialists"] == []
 
 
-def test_rerun_adds_nothing_and_resume_fills_gaps(labelled):
-    cfg, wd, _ = labelled
+def test_rerun_adds_nothing_and_resume_redoes_only_uncommitted_units(labelled):
+    cfg, wd, manifest = labelled
     version = lance.dataset(str(wd.labels_uri)).version
     again = run_stage(cfg, "pseudolabel", force=True)
-    assert again["counts"]["new_samples"] == 0
+    assert again["counts"]["new_samples"] == 0 and again["counts"]["new_units"] == 0
     assert lance.dataset(str(wd.labels_uri)).version == version  # nothing written
-    # A killed run: only some keys were committed. The next run labels exactly the rest.
-    ds = lance.dataset(str(wd.labels_uri))
-    keys = sorted(ds.to_table(columns=["key"]).column("key").to_pylist())
-    ds.delete("key IN (" + ", ".join(f"'{k}'" for k in keys[:11]) + ")")
+    keys = sorted(lance.dataset(str(wd.labels_uri)).to_table(columns=["key"]).column("key").to_pylist())
+    # Back to the first Append (as if the run had died right after it): the records go back too.
+    first = lance.dataset(str(wd.labels_uri), version=2)
+    first_units = set(read_records(wd.labels_uri).units) - set(json.loads(
+        lance.dataset(str(wd.labels_uri)).read_transaction(3).transaction_properties["fm21.units"]))
+    first.restore()
+    assert set(read_records(wd.labels_uri).units) == first_units
     resumed = run_stage(cfg, "pseudolabel", force=True)
-    assert resumed["counts"]["new_samples"] == 11
+    assert resumed["counts"]["new_units"] == manifest["counts"]["units"] - len(first_units) > 0
     after = lance.dataset(str(wd.labels_uri)).to_table(columns=["key"]).column("key").to_pylist()
     assert sorted(after) == keys
+
+
+def _data_files(uri) -> dict[int, list[str]]:
+    return {f.fragment_id: [d.path for d in f.data_files()] for f in lance.dataset(str(uri)).get_fragments()}
 
 
 def test_newly_enabled_specialist_adds_columns_without_rewriting(labelled):
@@ -76,10 +85,11 @@ def test_newly_enabled_specialist_adds_columns_without_rewriting(labelled):
     from fm21.config import load_config
 
     base = [f"workdir={wd.root}", "ingest.synthetic.num_samples=40", "ingest.samples_per_shard=16",
-            "pseudolabel.rows_per_commit=16"]
+            "pseudolabel.units_per_commit=2"]
     without = load_config(ROOT / "flows.yaml", recipe=ROOT / "configs" / "tiny.yaml",
                           overrides=[*base, "modalities.enabled=[rgb,tok_rgb,tok_depth]",
                                      "pseudolabel.specialists.canny_edge.enabled=false"])
+    from_scratch = store.read_maps(wd.labels_uri, ["canny_edge"])
     # Rebuild a store without canny edges, then enable them again: only the column is added.
     import shutil
 
@@ -87,14 +97,24 @@ def test_newly_enabled_specialist_adds_columns_without_rewriting(labelled):
     run_stage(without, "pseudolabel", force=True)
     assert "canny_edge" not in lance.dataset(str(wd.labels_uri)).schema.names
     depth_before = store.read_maps(wd.labels_uri, ["depth"])
+    files_before = _data_files(wd.labels_uri)
     result = run_stage(cfg, "pseudolabel", force=True)
     assert "canny_edge" in result["counts"]["added_columns"]
     ds = lance.dataset(str(wd.labels_uri))
     assert ds.count_rows() == 40 and "canny_edge" in ds.schema.names
+    # Every fragment keeps its data files untouched and gains exactly one (the new column).
+    files_after = _data_files(wd.labels_uri)
+    assert files_after.keys() == files_before.keys()
+    for fragment, files in files_before.items():
+        assert files_after[fragment][:len(files)] == files and len(files_after[fragment]) == len(files) + 1
     depth_after = store.read_maps(wd.labels_uri, ["depth"])
     order = {k: i for i, k in enumerate(depth_after["key"])}
     idx = [order[k] for k in depth_before["key"]]
     np.testing.assert_array_equal(depth_after["depth"][idx], depth_before["depth"])
+    canny = store.read_maps(wd.labels_uri, ["canny_edge"])  # equal to the from-scratch build
+    order = {k: i for i, k in enumerate(canny["key"])}
+    np.testing.assert_array_equal(canny["canny_edge"][[order[k] for k in from_scratch["key"]]],
+                                  from_scratch["canny_edge"])
 
 
 def test_plan_orders_requirements_first(tiny_config):

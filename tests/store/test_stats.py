@@ -124,3 +124,21 @@ def test_check_compatible_rejects_missing_modality(store):
 def test_check_compatible_rejects_another_tokenizer_fingerprint(store):
     with pytest.raises(ValueError, match="tokenizer 'tok_depth' fingerprint random-divae-1234 != other.*make tokens"):
         check_compatible(store, _specs(), {"tok_depth": "other"})
+
+
+def test_label_store_bytes_per_sample_per_column(tmp_path):
+    import lance
+
+    from fm21.store.stats import format_label_stats, label_store_stats
+
+    maps = np.zeros((10, 64), np.uint8)  # constant maps: compress far below their raw size
+    table = pa.table({"key": [f"k{i}" for i in range(10)],
+                      "semseg": pa.FixedSizeListArray.from_arrays(maps.ravel(), 64),
+                      "det": [{"boxes": [1.0, 2.0]}] * 10})
+    lance.write_dataset(table, str(tmp_path / "labels.lance"))
+    stats = label_store_stats(tmp_path / "labels.lance")
+    assert stats["rows"] == 10 and list(stats["columns"]) == ["key", "semseg", "det"]
+    assert stats["columns"]["semseg"]["raw_bytes_per_sample"] == 64
+    assert stats["columns"]["det"]["raw_bytes_per_sample"] is None
+    assert all(c["bytes_per_sample"] > 0 for c in stats["columns"].values())  # struct: children counted
+    assert "semseg" in format_label_stats(stats)

@@ -1,0 +1,68 @@
+"""Crash points for the resume tests: ``FM21_CRASH_AT=<point>:<n>`` kills the run's whole
+process group with SIGKILL the n-th time any process of the run reaches ``<point>``.
+
+The count is shared by the driver and every Ray worker (one marker file per hit in
+``FM21_CRASH_DIR``), so ``pseudolabel.after_write:2`` means "the second unit written,
+whichever worker wrote it". Unset (production), :func:`crash_point` is one dict lookup.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import tempfile
+from pathlib import Path
+
+CRASH_ENV = "FM21_CRASH_AT"
+COUNT_DIR_ENV = "FM21_CRASH_DIR"
+PGID_ENV = "FM21_CRASH_PGID"
+
+
+def arm() -> None:
+    """Called by the driver before Ray starts, so workers inherit the driver's group id
+    and kill the driver with themselves (a Ray worker may sit in a group of its own)."""
+    if os.environ.get(CRASH_ENV):
+        os.environ.setdefault(PGID_ENV, str(os.getpgrp()))
+
+
+def crash_point(point: str) -> None:
+    spec = os.environ.get(CRASH_ENV)
+    if not spec:
+        return
+    name, _, nth = spec.rpartition(":")
+    if name != point:
+        return
+    if _hit(Path(os.environ.get(COUNT_DIR_ENV) or tempfile.gettempdir()), point) == int(nth):
+        os.killpg(int(os.environ.get(PGID_ENV) or os.getpgrp()), signal.SIGKILL)
+
+
+def _hit(directory: Path, point: str) -> int:
+    """Number this hit across processes: O_EXCL makes each marker file name unique."""
+    directory.mkdir(parents=True, exist_ok=True)
+    index = 1
+    while True:
+        try:
+            os.close(os.open(directory / f"{point}.{index}", os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+            return index
+        except FileExistsError:
+            index += 1
+
+
+FAIL_ENV = "FM21_FAIL_AT"
+
+
+def injected_failure(specialist: str, keys: list[str]) -> None:
+    """``FM21_FAIL_AT=<specialist>:<key>,<key>``: that specialist raises on a batch holding
+    one of those keys, standing in for a model that breaks on some inputs."""
+    spec = os.environ.get(FAIL_ENV)
+    if not spec:
+        return
+    name, _, listed = spec.partition(":")
+    bad = set(listed.split(",")) & set(keys)
+    if name == specialist and bad:
+        raise RuntimeError(f"injected failure on {sorted(bad)}")
+
+
+def worker_env() -> dict[str, str]:
+    """The fault settings Ray workers must see (passed as their runtime_env)."""
+    return {k: v for k, v in os.environ.items() if k in (CRASH_ENV, COUNT_DIR_ENV, PGID_ENV, FAIL_ENV)}

@@ -1,0 +1,170 @@
+"""Pseudolabel workers: a Ray actor loads the enabled specialists once, then labels whole
+work units (one input shard each) and writes the unit's labels.lance fragment itself.
+
+The driver gets back metadata only (``fm21.store.units.UnitResult``). A specialist that
+raises on a batch is retried sample by sample, so one bad sample is recorded with its
+error and dropped from the unit while the rest of the batch goes on.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import tarfile
+from collections.abc import Collection
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+from fm21.config import SpecialistConfig
+from fm21.faults import crash_point, injected_failure
+from fm21.pseudolabel.specialists import SPECIALISTS
+from fm21.pseudolabel.specialists.base import OracleInputError, Specialist
+from fm21.store import fs
+from fm21.store import labels as store
+from fm21.store.units import UnitResult, write_unit
+
+RAW_COLUMNS = ("key", "png", "json", "gt.npz")
+RAW_SCHEMA = pa.schema([pa.field("key", pa.string())] + [pa.field(c, pa.binary()) for c in RAW_COLUMNS[1:]])
+
+
+def build_specialist(name: str, cfg: SpecialistConfig | None, *, image_size: int) -> Specialist:
+    return SPECIALISTS[name](cfg or SpecialistConfig(), image_size=image_size)
+
+
+def read_shard(path: str, keys: Collection[str] | None = None) -> pa.Table:
+    """A webdataset shard's samples (or only ``keys``) as raw columns, in shard order.
+
+    ``path`` may be a URI: the tar is streamed front to back (no seeks), as object stores like.
+    """
+    samples: dict[str, dict[str, Any]] = {}
+    with fs.open_input(path) as stream, tarfile.open(fileobj=stream, mode="r|") as tar:
+        for member in tar:
+            if not member.isfile():
+                continue
+            key, _, ext = Path(member.name).name.partition(".")
+            if ext in RAW_COLUMNS and (keys is None or key in keys):
+                samples.setdefault(key, {"key": key})[ext] = tar.extractfile(member).read()
+    return pa.Table.from_pylist(list(samples.values()), schema=RAW_SCHEMA)
+
+
+def decode_batch(table: pa.Table, requires: tuple[str, ...], *, needs_gt: bool = True) -> dict[str, Any]:
+    """Raw shard columns (+ earlier specialists' columns) -> the specialist batch contract.
+
+    Pixels come from the ``rgb`` column once the image specialist has run (decoding the
+    PNG only for the first one); ground truth is decoded only for those that read it.
+    """
+    from PIL import Image
+
+    batch: dict[str, Any] = {"key": table.column("key").to_pylist()}
+    if "rgb" in table.column_names:
+        batch["rgb"] = store.column_to_python(table.column("rgb"), table.schema.field("rgb"))  # (B, S, S, 3)
+    else:
+        batch["rgb"] = np.stack([
+            np.asarray(Image.open(io.BytesIO(b)).convert("RGB")) for b in table.column("png").to_pylist()
+        ])  # (B, S, S, 3)
+    batch["meta"] = [json.loads(b) for b in table.column("json").to_pylist()]
+    gts = table.column("gt.npz").to_pylist() if needs_gt and "gt.npz" in table.column_names else [None] * len(table)
+    batch["gt"] = [None if b is None else dict(np.load(io.BytesIO(b))) for b in gts]
+    for name in requires:
+        if name in table.column_names:
+            batch[name] = store.column_to_python(table.column(name), table.schema.field(name))
+    return batch
+
+
+def _call(spec: Specialist, part: pa.Table, fields: list[pa.Field]) -> dict[str, pa.Array]:
+    batch = decode_batch(part, spec.requires, needs_gt=spec.oracle)
+    injected_failure(spec.name, batch["key"])
+    out = spec(batch)
+    return {f.name: pa.array(out[f.name], type=f.type) for f in fields}
+
+
+def apply_specialist(spec: Specialist, table: pa.Table) -> tuple[pa.Table, dict[str, str]]:
+    """``table`` + the specialist's columns, minus the samples it failed on (-> errors)."""
+    fields = spec.columns()
+    chunks: dict[str, list[pa.Array]] = {f.name: [] for f in fields}
+    keep: list[int] = []
+    errors: dict[str, str] = {}
+    size = spec.cfg.batch_size
+    for start in range(0, table.num_rows, size):
+        part = table.slice(start, size)
+        try:
+            outs = [(start, _call(spec, part, fields))]
+        except OracleInputError:
+            raise  # a configuration error (oracle on real images), not a bad sample
+        except Exception:  # noqa: BLE001 - isolate the failing samples, one by one
+            outs = []
+            for i in range(part.num_rows):
+                try:
+                    outs.append((start + i, _call(spec, part.slice(i, 1), fields)))
+                except OracleInputError:
+                    raise
+                except Exception as err:  # noqa: BLE001 - recorded, the unit goes on
+                    errors[part.column("key")[i].as_py()] = f"{spec.name}: {type(err).__name__}: {err}"
+        for first, out in outs:
+            keep.extend(range(first, first + len(out[fields[0].name])))
+            for f in fields:
+                chunks[f.name].append(out[f.name])
+    table = table.take(pa.array(keep, type=pa.int64()))
+    for f in fields:
+        table = table.append_column(f, pa.chunked_array(chunks[f.name], type=f.type))
+    return table, errors
+
+
+def label_table(table: pa.Table, specialists: dict[str, Specialist]) -> tuple[pa.Table, dict[str, str]]:
+    """Every specialist in plan order; a sample failed by one is dropped for the rest."""
+    failed: dict[str, str] = {}
+    for spec in specialists.values():
+        table, errors = apply_specialist(spec, table)
+        failed.update(errors)
+        crash_point("pseudolabel.in_unit")
+    return table, failed
+
+
+class LabelWorker:
+    """Ray actor body: specialists loaded once; one method call per work unit."""
+
+    def __init__(self, names: list[str], cfgs: dict[str, dict], *, image_size: int, uri: str,
+                 schema: pa.Schema) -> None:
+        self.specialists = {
+            n: build_specialist(n, SpecialistConfig.model_validate(cfgs[n]), image_size=image_size) for n in names
+        }
+        for spec in self.specialists.values():
+            spec.load()
+        self.uri = uri
+        self.schema = schema  # the store's schema: fragments are written in it
+
+    def label_unit(self, unit: dict[str, Any]) -> dict[str, Any]:
+        """Label one shard (or only ``unit["keys"]``, a retry) and write its fragment."""
+        keys = unit.get("keys")
+        table, failed = label_table(read_shard(unit["path"], set(keys) if keys else None), self.specialists)
+        fragments = write_unit(table, self.uri, self.schema)
+        crash_point("pseudolabel.after_write")
+        return UnitResult(unit["id"], fragments, table.num_rows, failed, list(keys or [])).to_dict()
+
+    def add_columns(self, task: dict[str, Any]) -> dict[str, Any]:
+        """New specialists' columns for one committed fragment, merged into a new data file.
+
+        Columns the new specialists require are read from the store (not recomputed); the
+        raw samples come from the fragment's own shard. Returns the fragment's metadata and
+        the merged Lance schema, for the driver's one Merge commit.
+        """
+        import lance
+
+        ds = lance.dataset(self.uri, version=task["version"])
+        fragment = ds.get_fragment(task["fragment"])
+        reads = {"rgb", *(c for s in self.specialists.values() for c in s.requires)}
+        existing = fragment.to_table(columns=["key", *sorted(c for c in reads if c in ds.schema.names)])
+        keys = existing.column("key").to_pylist()
+        raw = read_shard(task["path"], set(keys))
+        order = {k: i for i, k in enumerate(raw.column("key").to_pylist())}
+        raw = raw.take(pa.array([order[k] for k in keys], type=pa.int64()))
+        table = existing
+        for name in RAW_COLUMNS[1:]:
+            table = table.append_column(raw.schema.field(name), raw.column(name))
+        table, failed = label_table(table, self.specialists)
+        columns = [f.name for s in self.specialists.values() for f in s.columns()]
+        metadata, schema = fragment.merge(table.select(["key", *columns]), left_on="key")
+        return {"fragment": json.dumps(metadata.to_json()), "schema": schema, "failed": failed}
