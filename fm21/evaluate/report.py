@@ -65,7 +65,7 @@ def sample_grid(rgb: np.ndarray, keys: list[str], samples: dict[str, dict[str, n
                     img = (img - img.mean()) / (img.std() + 1e-6)
                 row.append(labels_to_rgb(task, img)[0])
         rows.append(np.stack(row))
-    save_grid(rows, path, col_labels=columns, row_labels=[k[-8:] for k in keys], scale=2)
+    save_grid(rows, path, col_labels=columns, row_labels=list(keys), scale=2)
 
 
 def write_report(out: Path, summary: dict, *, rgb: np.ndarray, keys: list[str],
