@@ -44,6 +44,10 @@ def test_every_stage_ran_and_wrote_its_store(pipeline):
     assert (wd.tokenizers_dir / "text" / "tokenizer.json").exists()
     assert (wd.checkpoints_dir / "latest" / "model.safetensors").exists()
     assert (wd.stage_dir("train") / "loss.png").exists()
+    history = [json.loads(line) for line in (wd.stage_dir("train") / "history.jsonl").read_text().splitlines()]
+    validated = [h for h in history if "val_loss" in h]
+    assert validated[0]["step"] == 0 and validated[-1]["step"] == cfg.train.steps - 1
+    assert {f"val_loss/{m}" for m in ("tok_depth", "tok_semseg")} <= set(validated[-1])
 
 
 def test_token_store_schema_and_stats(pipeline):
