@@ -139,10 +139,12 @@ def run_train(cfg: TrainConfig, ctx) -> dict:
         grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
         opt.step()
         tokens_seen += cfg.batch_size * (cfg.num_input_tokens + cfg.num_target_tokens)
-        if step % cfg.log_every == 0 or step == cfg.steps - 1:
+        last = step == cfg.steps - 1
+        validate = bool(val_batches) and (step % cfg.val_every == 0 or last)
+        if step % cfg.log_every == 0 or validate or last:
             record = {"step": step, "loss": float(loss), "lr": lr_at(step, cfg), "grad_norm": float(grad_norm),
                       **{f"loss/{m}": float(v) for m, v in per_mod.items()}}
-            if val_batches and (step % cfg.val_every == 0 or step == cfg.steps - 1):
+            if validate:
                 record.update(validation_loss(model, val_batches, cfg.device))
             _append(history_path, record)
             log.info("train: step %d loss %.4f%s lr %.2e", step, record["loss"],
