@@ -121,13 +121,24 @@ class LanceTokenDataset(IterableDataset):
         return self.masking(row_to_sample(row, self.specs), rng)
 
 
-def read_split(uri: Path, specs: dict[str, ModalitySpec], *, split: str, limit: int | None = None) -> list[dict]:
-    """All rows of one split (crop 0), in key order: for evaluation."""
+def read_split(uri: Path, specs: dict[str, ModalitySpec], *, split: str, limit: int) -> list[dict]:
+    """The first ``limit`` rows of one split (crop 0) in key order: for evaluation and
+    validation. Memory is O(limit), not O(split): the keys are streamed in batches through
+    a bounded heap, then only the chosen rows are read."""
+    import heapq
+
     import lance
 
-    table = lance.dataset(str(uri)).to_table(columns=["key", "crop", *specs], filter=f"split = '{split}' AND crop = 0")
-    rows = sorted(table_rows(table), key=lambda r: r["key"])
-    return rows[:limit] if limit else rows
+    ds = lance.dataset(str(uri))
+    where = f"split = '{split}' AND crop = 0"
+    smallest: list[str] = []  # the `limit` smallest keys seen so far, sorted
+    for batch in ds.to_batches(columns=["key"], filter=where, batch_size=8192):
+        smallest = heapq.nsmallest(limit, [*smallest, *batch.column("key").to_pylist()])
+    if not smallest:
+        return []
+    keys = ", ".join("'" + k.replace("'", "''") + "'" for k in smallest)
+    table = ds.to_table(columns=["key", "crop", *specs], filter=f"{where} AND key IN ({keys})")
+    return sorted(table_rows(table), key=lambda r: r["key"])
 
 
 def make_loader(dataset: LanceTokenDataset, *, batch_size: int, num_workers: int = 0):
