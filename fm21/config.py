@@ -148,9 +148,6 @@ class ModelConfig(Strict):
     # decoder queries to their patch. docs/learning.md has the measurements.
     token_emb_std: float = 0.02  # init std of the encoder's token embeddings
     pos_emb_scale: float = 1.0  # multiplies every fixed sin-cos position table
-    # RGB patch embedding: the reference's linear projection, or a stride-2 conv stem that
-    # sees shapes inside a patch on a short schedule (docs/learning.md).
-    pixel_stem: Literal["linear", "conv"] = "linear"
 
 
 class MixtureComponent(Strict):

@@ -73,44 +73,18 @@ def sequence_positions(pos_table: torch.Tensor, ignore: torch.Tensor) -> torch.T
 
 # ------------------------------------------------------------------------------ encoder
 class PixelEncoderEmbedding(nn.Module):
-    """RGB pixels -> one vector per ``P x P`` patch.
+    """RGB pixels -> linear patch projection ``Linear(P*P*3, D, bias=False)``."""
 
-    ``stem="linear"`` is the reference's patch projection ``Linear(P*P*3, D, bias=False)``.
-    ``stem="conv"`` replaces it by a convolutional stem: log2(P) stride-2 3x3 convolutions
-    (widths doubling from ``D / 2**(log2(P) - 1)`` ... up to D) then a 1x1 projection, as in
-    Xiao et al. 2021, "Early Convolutions Help Transformers See Better". Same output grid,
-    a few percent more compute; it lets a short CPU schedule see shapes inside a patch
-    (docs/learning.md measures it).
-    """
-
-    def __init__(self, spec: ModalitySpec, dim: int, *, stem: str = "linear") -> None:
+    def __init__(self, spec: ModalitySpec, dim: int) -> None:
         super().__init__()
         self.patch_size = spec.patch_size
+        self.proj = nn.Linear(spec.patch_size**2 * 3, dim, bias=False)
         self.positions = GridPositions(spec, dim)
-        if stem == "linear":
-            self.proj = nn.Linear(spec.patch_size**2 * 3, dim, bias=False)
-            self.stem = None
-            return
-        if stem != "conv":
-            raise ValueError(f"unknown pixel stem {stem!r}: expected 'linear' or 'conv'")
-        n = int(math.log2(spec.patch_size))
-        if 2**n != spec.patch_size:
-            raise ValueError(f"the conv stem needs a power-of-two patch size, got {spec.patch_size}")
-        widths = [3] + [max(8, dim // 2 ** (n - 1 - i)) for i in range(n)]
-        layers: list[nn.Module] = []
-        for c_in, c_out in zip(widths[:-1], widths[1:]):
-            layers += [nn.Conv2d(c_in, c_out, 3, stride=2, padding=1, bias=False),
-                       nn.GroupNorm(1, c_out), nn.GELU()]
-        self.stem = nn.Sequential(*layers)
-        self.proj = nn.Linear(widths[-1], dim, bias=False)
 
     def forward(self, d: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         img = d["tensor"]  # (B, 3, R, R)
         B, C, R, _ = img.shape
         P, g = self.patch_size, R // self.patch_size
-        if self.stem is not None:
-            feats = self.stem(img)  # (B, D', g, g)
-            return self.proj(feats.flatten(2).transpose(1, 2)), self.positions()  # (B, N, D)
         patches = img.reshape(B, C, g, P, g, P).permute(0, 2, 4, 3, 5, 1)  # (B, g, g, P, P, C)
         return self.proj(patches.reshape(B, g * g, P * P * C)), self.positions()  # (B, N, D)
 

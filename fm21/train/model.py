@@ -39,7 +39,6 @@ class FourMConfig:
     init_std: float = 0.02
     token_emb_std: float = 0.02  # encoder token embeddings (reference: init_std)
     pos_emb_scale: float = 1.0  # fixed sin-cos tables are multiplied by this (reference: 1)
-    pixel_stem: str = "linear"  # RGB patch embedding: "linear" (reference) or "conv"
     modalities: tuple[str, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
@@ -97,14 +96,11 @@ class FourM(nn.Module):
             num_heads=cfg.num_heads, mlp_ratio=cfg.mlp_ratio, num_input_tokens=num_input_tokens,
             num_target_tokens=num_target_tokens, tie_sequence_logits=tie_sequence_logits,
             init_std=getattr(cfg, "init_std", 0.02), token_emb_std=getattr(cfg, "token_emb_std", 0.02),
-            pos_emb_scale=getattr(cfg, "pos_emb_scale", 1.0),
-            pixel_stem=getattr(cfg, "pixel_stem", "linear"), modalities=tuple(self.specs),
+            pos_emb_scale=getattr(cfg, "pos_emb_scale", 1.0), modalities=tuple(self.specs),
         )
         d, c = cfg.dim, self.config
-        options = {"pixels": {"stem": c.pixel_stem}}  # per-kind embedding options
         self.encoder_embeddings = nn.ModuleDict(
-            {n: ENCODER_EMBEDDINGS[s.kind](s, d, **options.get(s.kind, {}))
-             for n, s in self.specs.items()}
+            {n: ENCODER_EMBEDDINGS[s.kind](s, d) for n, s in self.specs.items()}
         )
         self.decoder_embeddings = nn.ModuleDict({
             n: DECODER_EMBEDDINGS[s.kind](s, d, tie_logits=tie_sequence_logits)

@@ -131,35 +131,3 @@ def test_model_code_imports_without_ray_prefect_lance():
         "assert not bad, bad\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
-
-
-def test_conv_pixel_stem_keeps_the_patch_grid_and_sees_inside_a_patch():
-    import dataclasses
-
-    import pytest
-
-    from fm21.train.embeddings import PixelEncoderEmbedding
-
-    spec = tiny_specs()["rgb"]
-    linear, conv = PixelEncoderEmbedding(spec, 64), PixelEncoderEmbedding(spec, 64, stem="conv")
-    img = torch.randn(2, 3, spec.resolution, spec.resolution)
-    (a, pos_a), (b, pos_b) = linear({"tensor": img}), conv({"tensor": img})
-    assert a.shape == b.shape == (2, (spec.resolution // spec.patch_size) ** 2, 64)
-    assert torch.equal(pos_a, pos_b)
-    # a change inside one patch moves that patch's vector (and, with 3x3 convs, neighbours')
-    img2 = img.clone()
-    img2[:, :, 0, 0] += 1.0
-    assert not torch.allclose(conv({"tensor": img2})[0][:, 0], b[:, 0])
-    from fourm_tiny import NUM_INPUT, NUM_TARGET, TINY_MODEL
-
-    from fm21.train.model import FourM, FourMConfig
-
-    cfg = TINY_MODEL.model_copy(update={"pixel_stem": "conv"})
-    model = FourM(tiny_specs(), cfg, num_input_tokens=NUM_INPUT, num_target_tokens=NUM_TARGET)
-    assert FourMConfig.from_dict(model.config.to_dict()).pixel_stem == "conv"  # rebuilt from a checkpoint
-    loss, _ = model(tiny_batch(tiny_specs()))
-    assert torch.isfinite(loss)
-    with pytest.raises(ValueError, match="power-of-two"):
-        PixelEncoderEmbedding(dataclasses.replace(spec, patch_size=6, resolution=36), 64, stem="conv")
-    with pytest.raises(ValueError, match="unknown pixel stem"):
-        PixelEncoderEmbedding(spec, 64, stem="vit")
