@@ -1,17 +1,28 @@
-"""`fm21 ...`: the command line. Every command takes --config/--recipe/--set."""
+"""`fm21 ...`: the command line. Every command takes --config/--recipe/--set/--verbose,
+before or after the subcommand.
+
+Examples:
+
+\b
+  fm21 run end_to_end                      # the whole pipeline (the embedded default)
+  fm21 stage train --set train.steps=50    # one stage, with an override
+  fm21 --recipe tiny run build_dataset     # a recipe overlay from configs/
+  fm21 stats --labels                      # bytes per sample per column of labels.lance
+"""
 
 from __future__ import annotations
 
+import functools
 import logging
 import sys
-from typing import Annotated, Optional
+from typing import Annotated, Any, Callable, Optional
 
 import typer
 
 from fm21.config import ConfigError, FlowConfig, dump_config, load_config
 from fm21.store.layout import STAGES
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
+app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__, rich_markup_mode=None)
 config_app = typer.Typer(no_args_is_help=True, help="Inspect the configuration.")
 app.add_typer(config_app, name="config")
 
@@ -20,6 +31,7 @@ FLOWS = ("end_to_end", "build_dataset", "pretrain", "evaluate")
 
 class State:
     cfg: FlowConfig | None = None
+    verbose: bool = False
 
 
 STATE = State()
@@ -30,8 +42,9 @@ def main(
     config: Annotated[Optional[str], typer.Option("--config", "-c", help="flows.yaml to load")] = None,
     recipe: Annotated[Optional[str], typer.Option("--recipe", "-r", help="configs/<name>.yaml overlay")] = None,
     set_: Annotated[Optional[list[str]], typer.Option("--set", "-s", help="dotted override key.path=value")] = None,
-    verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="debug logs; tracebacks on errors")] = False,
 ) -> None:
+    STATE.verbose = verbose
     logging.basicConfig(
         level=logging.DEBUG if verbose else logging.INFO,
         format="%(asctime)s %(name)s %(levelname)s %(message)s",
@@ -42,11 +55,58 @@ def main(
     try:
         STATE.cfg = load_config(config, recipe=recipe, overrides=set_)
     except ConfigError as err:
-        typer.echo(f"error: {err}", err=True)
+        first, *rest = [line.strip() for line in str(err).splitlines() if line.strip()]
+        typer.echo(f"error: {first} {'; '.join(rest)}".rstrip(), err=True)
         raise typer.Exit(2) from None
     from fm21.stages import apply_threads
 
     apply_threads(STATE.cfg.threads)  # before torch is imported by any stage
+
+
+def one_line_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Any error of a command: one line on stderr, exit status 2 (the traceback with -v)."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except (typer.Exit, typer.Abort, KeyboardInterrupt):
+            raise
+        except Exception as err:  # noqa: BLE001 - the CLI's one place for errors
+            if STATE.verbose:
+                raise
+            message = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            typer.echo(f"error: {message} (fm21 -v ... for the traceback)", err=True)
+            raise typer.Exit(2) from None
+
+    return wrapper
+
+
+GLOBAL_OPTIONS = {"--config": True, "-c": True, "--recipe": True, "-r": True, "--set": True, "-s": True,
+                  "--verbose": False, "-v": False}  # option -> takes a value
+
+
+def hoist_global_options(argv: list[str]) -> list[str]:
+    """Move the global options found after the subcommand in front of it, so that
+    ``fm21 stage train --set k=v`` means ``fm21 --set k=v stage train``. No subcommand
+    defines these names, so the move is unambiguous; ``--`` stops it."""
+    front: list[str] = []
+    rest: list[str] = []
+    i = 0
+    while i < len(argv):
+        arg = argv[i]
+        if arg == "--":
+            rest += argv[i:]
+            break
+        name = arg.split("=", 1)[0] if arg.startswith("--") else arg
+        if name in GLOBAL_OPTIONS:
+            takes_value = GLOBAL_OPTIONS[name] and "=" not in arg
+            front += argv[i:i + 2] if takes_value else [arg]
+            i += 2 if takes_value else 1
+            continue
+        rest.append(arg)
+        i += 1
+    return front + rest
 
 
 def _cfg() -> FlowConfig:
@@ -54,13 +114,14 @@ def _cfg() -> FlowConfig:
     return STATE.cfg
 
 
-@config_app.command("show")
+@config_app.command("show", epilog="Example: fm21 config show --recipe tiny --set train.steps=10")
 def config_show() -> None:
     """Print the resolved configuration (flows.yaml + recipe + overrides)."""
     typer.echo(dump_config(_cfg()), nl=False)
 
 
-@app.command()
+@app.command(epilog="Example: fm21 stage pseudolabel --force --set pseudolabel.concurrency=2")
+@one_line_errors
 def stage(
     name: Annotated[str, typer.Argument(help=" | ".join(STAGES))],
     force: Annotated[bool, typer.Option("--force", help="run even if up to date")] = False,
@@ -81,7 +142,8 @@ def stage(
     typer.echo(f"{name}: {state}; counts: {manifest.get('counts')}")
 
 
-@app.command()
+@app.command(epilog="Example: fm21 run build_dataset --recipe tiny")
+@one_line_errors
 def run(
     flow: Annotated[str, typer.Argument(help=" | ".join(FLOWS))] = "end_to_end",
     force: Annotated[bool, typer.Option("--force", help="re-run every stage")] = False,
@@ -113,7 +175,8 @@ def _echo_outputs(cfg: FlowConfig) -> None:
         typer.echo("\n".join(line for line in verdict.splitlines() if line.startswith("|")))
 
 
-@app.command()
+@app.command(epilog="Example: fm21 stats --json > stats.json")
+@one_line_errors
 def stats(
     as_json: Annotated[bool, typer.Option("--json", help="print JSON instead of a table")] = False,
     labels: Annotated[bool, typer.Option("--labels", help="labels.lance: bytes per sample per column")] = False,
@@ -138,7 +201,14 @@ def stats(
         typer.echo(format_label_stats(result) if labels else format_stats(result))
 
 
+def main_cli(argv: list[str] | None = None) -> Any:
+    """The console script: global options anywhere, then the Typer app."""
+    return app(args=hoist_global_options(list(sys.argv[1:] if argv is None else argv)), prog_name="fm21")
+
+
 def entrypoint() -> None:  # pragma: no cover - console script shim
-    sys.exit(app())
+    sys.exit(main_cli())
+
+
 if __name__ == "__main__":  # python -m fm21.cli
-    app()
+    main_cli()

@@ -26,6 +26,16 @@ from fm21.store.manifest import fingerprint_of, library_versions, read_manifest,
 
 log = logging.getLogger("fm21")
 
+
+class StageError(RuntimeError):
+    """A stage failed: one line naming the stage and the cause (the CLI prints it, a Prefect
+    task run ends Failed with it). The original exception is ``__cause__``."""
+
+    def __init__(self, stage: str, cause: BaseException) -> None:
+        reason = str(cause).strip().splitlines()[0] if str(cause).strip() else ""
+        super().__init__(f"stage {stage} failed: {type(cause).__name__}" + (f": {reason}" if reason else ""))
+        self.stage = stage
+
 UPSTREAM: dict[str, tuple[str, ...]] = {
     "ingest": (),
     "pseudolabel": ("ingest",),
@@ -128,7 +138,10 @@ def run_stage(cfg: FlowConfig, name: str, *, force: bool = False) -> dict:
         raise RuntimeError(f"stage {name} needs {', '.join(missing)} to have run first (no complete manifest in {ctx.workdir.root})")
     log.info("stage %s: running (fingerprint %s)", name, fp)
     start = time.time()
-    counts = _stage_fn(name)(stage_slice(cfg, name), ctx)
+    try:
+        counts = _stage_fn(name)(stage_slice(cfg, name), ctx)
+    except Exception as err:  # noqa: BLE001 - re-raised with the stage named
+        raise StageError(name, err) from err
     manifest = {
         "stage": name,
         "status": "complete",

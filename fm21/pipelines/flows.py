@@ -9,9 +9,14 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from typing import Any
 
-from prefect import flow, task
+# Offline runs make no network attempt: the temporary Prefect server would otherwise send
+# usage analytics (and log "Failed to send telemetry" with no network). Users may opt in.
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+
+from prefect import flow, task  # noqa: E402 - after the environment default above
 from prefect.artifacts import create_markdown_artifact
 
 from fm21.config import FlowConfig
