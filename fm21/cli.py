@@ -32,6 +32,7 @@ FLOWS = ("end_to_end", "build_dataset", "pretrain", "evaluate")
 class State:
     cfg: FlowConfig | None = None
     verbose: bool = False
+    inputs: dict = {}  # config_file, recipe, overrides: what flows resolve themselves
 
 
 STATE = State()
@@ -45,6 +46,7 @@ def main(
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="debug logs; tracebacks on errors")] = False,
 ) -> None:
     STATE.verbose = verbose
+    STATE.inputs = {"config_file": config, "recipe": recipe, "overrides": list(set_ or [])}
     logging.basicConfig(
         level=logging.DEBUG if verbose else logging.INFO,
         format="%(asctime)s %(name)s %(levelname)s %(message)s",
@@ -154,10 +156,24 @@ def run(
     if flow not in FLOWS:
         typer.echo(f"error: unknown flow {flow!r}; flows: {', '.join(FLOWS)}", err=True)
         raise typer.Exit(2)
-    summary = run_flow(flow, _cfg(), force=force)
+    summary = run_flow(flow, **STATE.inputs, force=["all"] if force else None)
     for name, state in summary.items():
         typer.echo(f"  {name:12s} {state}")
     _echo_outputs(_cfg())
+
+
+@app.command(epilog="Example: PREFECT_API_URL=http://127.0.0.1:4200/api fm21 serve --recipe tiny")
+@one_line_errors
+def serve(
+    gpu_slots: Annotated[int, typer.Option("--gpu-slots", help="concurrency limit on GPU stages (0: none)")] = 0,
+) -> None:
+    """Serve the flows as Prefect deployments (start them from the UI); blocks until Ctrl-C.
+
+    Each deployment's default parameters are this command's --config/--recipe/--set; the
+    UI form can change them. `make ui` starts a local server and this together."""
+    from fm21.pipelines.serve import serve_deployments
+
+    serve_deployments(**STATE.inputs, gpu_slots=gpu_slots)
 
 
 def _echo_outputs(cfg: FlowConfig) -> None:

@@ -36,6 +36,10 @@ class StageError(RuntimeError):
         super().__init__(f"stage {stage} failed: {type(cause).__name__}" + (f": {reason}" if reason else ""))
         self.stage = stage
 
+# Stages that run models and may hold GPUs: Prefect tags them so a concurrency limit can
+# keep them from sharing a GPU machine (`fm21 serve --gpu-slots N`).
+GPU_STAGES = ("pseudolabel", "tokenizers", "tokens", "train", "evaluate")
+
 UPSTREAM: dict[str, tuple[str, ...]] = {
     "ingest": (),
     "pseudolabel": ("ingest",),

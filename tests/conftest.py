@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -14,6 +15,8 @@ os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
 os.environ.setdefault("OMP_NUM_THREADS", "1")  # torch's 2-thread pool is pathological on 2 shared cores
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never touch a hub
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+# Prefect state (its SQLite database, artifacts) of a test session stays in the session.
+os.environ.setdefault("PREFECT_HOME", tempfile.mkdtemp(prefix="fm21-prefect-"))
 # Prefect logs "Stopping temporary server" at interpreter exit, after pytest closed its
 # capture streams; don't print a traceback for that.
 logging.raiseExceptions = False

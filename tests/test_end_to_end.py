@@ -20,8 +20,10 @@ pytestmark = pytest.mark.slow
 @pytest.fixture(scope="module")
 def pipeline(tmp_path_factory, ray_local):
     work = tmp_path_factory.mktemp("e2e") / "work"
-    cfg = load_config(ROOT / "flows.yaml", recipe=ROOT / "configs" / "tiny.yaml", overrides=[f"workdir={work}"])
-    first = run_flow("end_to_end", cfg)
+    inputs = dict(config_file=str(ROOT / "flows.yaml"), recipe=str(ROOT / "configs" / "tiny.yaml"),
+                  overrides=[f"workdir={work}"])
+    cfg = load_config(inputs["config_file"], recipe=inputs["recipe"], overrides=inputs["overrides"])
+    first = run_flow("end_to_end", **inputs)
     return cfg, Workdir(work), first
 
 
@@ -84,7 +86,8 @@ def test_second_run_skips_everything_and_changes_nothing(pipeline):
     cfg, wd, _ = pipeline
     versions = (lance.dataset(str(wd.labels_uri)).version, lance.dataset(str(wd.tokens_uri)).version)
     manifests = {s: wd.manifest(s).read_text() for s in STAGES}
-    second = run_flow("end_to_end", cfg)
+    second = run_flow("end_to_end", config_file=str(ROOT / "flows.yaml"), recipe="tiny",
+                      overrides=[f"workdir={wd.root}"])
     assert all(state.startswith("skipped") for state in second.values()), second
     assert versions == (lance.dataset(str(wd.labels_uri)).version, lance.dataset(str(wd.tokens_uri)).version)
     assert manifests == {s: wd.manifest(s).read_text() for s in STAGES}
@@ -92,9 +95,7 @@ def test_second_run_skips_everything_and_changes_nothing(pipeline):
 
 def test_changed_training_config_reruns_only_downstream(pipeline):
     cfg, wd, _ = pipeline
-    changed = load_config(ROOT / "flows.yaml", recipe=ROOT / "configs" / "tiny.yaml",
-                          overrides=[f"workdir={wd.root}", "train.steps=12"])
-    result = run_flow("end_to_end", changed)
+    result = run_flow("end_to_end", recipe="tiny", overrides=[f"workdir={wd.root}", "train.steps=12"])
     assert [s for s, state in result.items() if state.startswith("ran")] == ["train", "evaluate"]
 
 
@@ -110,3 +111,25 @@ def test_killed_tokens_run_resumes_without_duplicates(pipeline):
     after = lance.dataset(str(wd.tokens_uri)).to_table(columns=["key", "crop", "tok_depth"]).to_pylist()
     assert len(after) == len(before) and len({(r["key"], r["crop"]) for r in after}) == len(after)
     assert all(r["tok_depth"] == before[r["key"]] for r in after)  # same tokenizers, same crops: same ids
+
+
+def test_each_stage_published_its_artifacts(pipeline):
+    from prefect.client.orchestration import get_client
+
+    with get_client(sync_client=True) as client:
+        artifacts = {a.key: a for a in client.read_latest_artifacts() if a.key}
+    expected = {f"fm21-{s}" for s in STAGES} | {
+        "fm21-ingest-rejected-by-reason", "fm21-labels-stats", "fm21-token-stats", "fm21-tokenizer-recon",
+        "fm21-report"}
+    assert expected <= set(artifacts), sorted(set(artifacts))
+    assert "data:image/png;base64," in artifacts["fm21-report"].data  # the sample grid shows in the UI
+    assert "tok_depth" in artifacts["fm21-tokenizer-recon"].data
+
+
+def test_bad_flow_parameter_fails_with_the_key_named():
+    from fm21.config import ConfigError
+
+    with pytest.raises(ConfigError, match="unknown key 'train.bogus'"):
+        run_flow("pretrain", recipe="tiny", overrides=["train.bogus=1"])
+    with pytest.raises(ConfigError, match="force: unknown stage"):
+        run_flow("pretrain", recipe="tiny", force=["trian"])

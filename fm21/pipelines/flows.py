@@ -1,93 +1,128 @@
 """Prefect flows: sequencing only. Each task calls the same ``run_stage`` the CLI calls.
 
-Flows take the resolved configuration as a plain dict parameter, so a deployment started
-from the Prefect UI can be given any flows.yaml/recipe/overrides. With no Prefect server
-configured (PREFECT_API_URL unset) Prefect runs against a temporary local API.
+A flow takes the *inputs* of a configuration, not a resolved one: a flows.yaml path, a
+recipe and dotted overrides, plus the stages to force. The CLI (`fm21 run`) and a
+deployment started from the Prefect UI therefore resolve and validate the run the same
+way (``fm21.config.load_config``): a bad key fails the flow run at once with the one-line
+reason. With no Prefect server configured (PREFECT_API_URL unset) Prefect runs against a
+temporary local API. `fm21 serve` (``fm21.pipelines.serve``) makes the flows deployments.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import os
-from typing import Any
+from typing import Any, Optional
 
 # Offline runs make no network attempt: the temporary Prefect server would otherwise send
 # usage analytics (and log "Failed to send telemetry" with no network). Users may opt in.
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 
 from prefect import flow, task  # noqa: E402 - after the environment default above
-from prefect.artifacts import create_markdown_artifact
 
-from fm21.config import FlowConfig
-from fm21.stages import run_stage
+from fm21.config import ConfigError, FlowConfig, load_config  # noqa: E402
+from fm21.pipelines.artifacts import publish_stage  # noqa: E402
+from fm21.stages import GPU_STAGES, StageError, run_stage  # noqa: E402
+from fm21.store.layout import STAGES  # noqa: E402
 
 log = logging.getLogger("fm21")
 
 DATASET_STAGES = ("ingest", "pseudolabel", "tokenizers", "tokens")
+GPU_TAG = "fm21-gpu"  # `fm21 serve --gpu-slots N` puts a Prefect concurrency limit on it
+TRANSIENT = (ConnectionError, TimeoutError, BrokenPipeError)  # retried with backoff
 
 
-@task(name="stage", task_run_name="{name}", retries=0, cache_policy=None, persist_result=False)
-def stage_task(config: dict[str, Any], name: str, force: bool = False) -> dict:
+def _is_transient(task, task_run, state) -> bool:
+    """Retry only errors that a rerun can fix (a lost connection, a timeout), never a bad
+    config or bad data: the stage itself resumes from its last commit."""
+    err = state.result(raise_on_failure=False)
+    cause = err.__cause__ if isinstance(err, StageError) else err
+    return isinstance(cause, TRANSIENT)
+
+
+def _stage_task(name: str):
+    tags = ["fm21", f"fm21-{name}"] + ([GPU_TAG] if name in GPU_STAGES else [])
+    return task(
+        name=name, tags=tags, retries=2, retry_delay_seconds=[10, 60], retry_condition_fn=_is_transient,
+        cache_policy=None, persist_result=False,
+    )(_run_one)
+
+
+def _run_one(config: dict[str, Any], name: str, force: bool = False) -> dict:
     cfg = FlowConfig.model_validate(config)
     manifest = run_stage(cfg, name, force=force)
-    return {"stage": name, "skipped": manifest.get("skipped", False), "counts": manifest.get("counts", {}),
-            "seconds": manifest.get("seconds")}
+    result = {"stage": name, "skipped": manifest.get("skipped", False), "counts": manifest.get("counts", {}),
+              "seconds": manifest.get("seconds")}
+    publish_stage(cfg, name, result)
+    return result
 
 
-def _publish(name: str, result: dict) -> None:
-    if result["skipped"]:
-        return
-    body = f"## fm21 {name}\n\n```json\n{json.dumps(result['counts'], indent=2, default=str)}\n```\n"
-    create_markdown_artifact(key=f"fm21-{name}", markdown=body, description=f"fm21 stage {name}")
+STAGE_TASKS = {name: _stage_task(name) for name in STAGES}
 
 
-def _run(config: dict, names: tuple[str, ...], force: bool) -> list[dict]:
-    results = []
-    for name in names:
-        result = stage_task(config, name, force)
-        _publish(name, result)
-        results.append(result)
-    return results
+def resolve(config_file: Optional[str], recipe: Optional[str], overrides: Optional[list[str]],
+            force: Optional[list[str]]) -> tuple[FlowConfig, set[str]]:
+    """The run's configuration and the stages to force, validated; one-line errors."""
+    cfg = load_config(config_file, recipe=recipe, overrides=overrides)
+    forced = set(force or ())
+    if "all" in forced:
+        forced = set(STAGES)
+    unknown = sorted(forced - set(STAGES))
+    if unknown:
+        raise ConfigError(f"force: unknown stage(s) {', '.join(unknown)}; stages: {', '.join(STAGES)} or all")
+    return cfg, forced
+
+
+def _run(names: tuple[str, ...], config_file, recipe, overrides, force) -> list[dict]:
+    cfg, forced = resolve(config_file, recipe, overrides, force)
+    config = cfg.model_dump(mode="json")
+    return [STAGE_TASKS[name](config, name, name in forced) for name in names]
+
+
+# Every flow has the same parameters; the Prefect UI shows them as a form:
+#   config_file  flows.yaml to load (default: ./flows.yaml, else the packaged default)
+#   recipe       a configs/<name>.yaml overlay, by name or path
+#   overrides    dotted key.path=value strings, as `--set`
+#   force        stages to run even if up to date ("all" for every stage)
 
 
 @flow(name="build_dataset", persist_result=False, log_prints=True)
-def build_dataset(config: dict[str, Any], force: bool = False) -> list[dict]:
+def build_dataset(config_file: Optional[str] = None, recipe: Optional[str] = None,
+                  overrides: Optional[list[str]] = None, force: Optional[list[str]] = None) -> list[dict]:
     """ingest -> pseudolabel -> tokenizers -> tokens."""
-    return _run(config, DATASET_STAGES, force)
+    return _run(DATASET_STAGES, config_file, recipe, overrides, force)
 
 
 @flow(name="pretrain", persist_result=False, log_prints=True)
-def pretrain(config: dict[str, Any], force: bool = False) -> list[dict]:
+def pretrain(config_file: Optional[str] = None, recipe: Optional[str] = None,
+             overrides: Optional[list[str]] = None, force: Optional[list[str]] = None) -> list[dict]:
     """4M masked multimodal pretraining on tokens.lance."""
-    return _run(config, ("train",), force)
+    return _run(("train",), config_file, recipe, overrides, force)
 
 
 @flow(name="evaluate", persist_result=False, log_prints=True)
-def evaluate(config: dict[str, Any], force: bool = False) -> list[dict]:
+def evaluate(config_file: Optional[str] = None, recipe: Optional[str] = None,
+             overrides: Optional[list[str]] = None, force: Optional[list[str]] = None) -> list[dict]:
     """Generation-based evaluation against ground truth; the report becomes an artifact."""
-    results = _run(config, ("evaluate",), force)
-    cfg = FlowConfig.model_validate(config)
-    from fm21.store.layout import Workdir
-    from pathlib import Path
-
-    report = Workdir(Path(cfg.workdir)).reports_dir / "report.md"
-    if report.exists() and not results[0]["skipped"]:
-        create_markdown_artifact(key="fm21-report", markdown=report.read_text(), description="fm21 evaluation report")
-    return results
+    return _run(("evaluate",), config_file, recipe, overrides, force)
 
 
 @flow(name="end_to_end", persist_result=False, log_prints=True)
-def end_to_end(config: dict[str, Any], force: bool = False) -> list[dict]:
+def end_to_end(config_file: Optional[str] = None, recipe: Optional[str] = None,
+               overrides: Optional[list[str]] = None, force: Optional[list[str]] = None) -> list[dict]:
     """The whole pipeline: build_dataset -> pretrain -> evaluate."""
-    return build_dataset(config, force) + pretrain(config, force) + evaluate(config, force)
+    args = (config_file, recipe, overrides, force)
+    return build_dataset(*args) + pretrain(*args) + evaluate(*args)
 
 
 FLOWS = {"end_to_end": end_to_end, "build_dataset": build_dataset, "pretrain": pretrain, "evaluate": evaluate}
 
 
-def run_flow(name: str, cfg: FlowConfig, *, force: bool = False) -> dict[str, str]:
-    results = FLOWS[name](cfg.model_dump(mode="json"), force)
+def run_flow(name: str, *, config_file: Optional[str] = None, recipe: Optional[str] = None,
+             overrides: Optional[list[str]] = None, force: Optional[list[str]] = None) -> dict[str, str]:
+    """Run a flow in this process; -> {stage: "ran in Ns" | "skipped (up to date)"}."""
+    results = FLOWS[name](config_file=config_file, recipe=recipe, overrides=list(overrides or []) or None,
+                          force=list(force or []) or None)
     return {
         r["stage"]: "skipped (up to date)" if r["skipped"] else f"ran in {r['seconds']}s"
         for r in results
