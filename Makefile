@@ -10,7 +10,7 @@ FORCE  ?=
 FM21    = $(VENV)/bin/fm21 --config $(CONFIG) $(if $(RECIPE),--recipe $(RECIPE)) $(foreach s,$(SET),--set $(s))
 STAGES := ingest pseudolabel tokenizers tokens train evaluate
 
-.PHONY: install demo test $(STAGES) stats config build-dataset bench clean
+.PHONY: install demo test $(STAGES) stats config build-dataset ui bench clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
@@ -32,6 +32,9 @@ $(STAGES): install       ## one stage: make pseudolabel [FORCE=1] [RETRY_FAILED=
 
 build-dataset: install   ## ingest -> pseudolabel -> tokenizers -> tokens as a Prefect flow
 	$(FM21) run build_dataset
+
+ui: install              ## Prefect server + UI on http://127.0.0.1:4200 with the fm21 deployments (Ctrl-C stops)
+	$(FM21) ui
 
 stats: install           ## token-store statistics
 	$(FM21) stats

@@ -176,6 +176,18 @@ def serve(
     serve_deployments(**STATE.inputs, gpu_slots=gpu_slots)
 
 
+@app.command(epilog="Example: fm21 ui --port 4200   (then open http://127.0.0.1:4200)")
+@one_line_errors
+def ui(
+    port: Annotated[int, typer.Option("--port", help="loopback port of the Prefect server and UI")] = 4200,
+    gpu_slots: Annotated[int, typer.Option("--gpu-slots", help="concurrency limit on GPU stages (0: none)")] = 0,
+) -> None:
+    """Start a local Prefect server (UI on 127.0.0.1) and serve the flows on it; Ctrl-C stops both."""
+    from fm21.pipelines.serve import run_ui
+
+    run_ui(port, **STATE.inputs, gpu_slots=gpu_slots)
+
+
 def _echo_outputs(cfg: FlowConfig) -> None:
     """Where the run's results are, and the evaluation table if there is one."""
     from pathlib import Path

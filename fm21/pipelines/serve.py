@@ -62,3 +62,36 @@ def serve_deployments(config_file: Optional[str] = None, recipe: Optional[str] =
         for flow in FLOWS.values()
     ]
     serve(*deployments)
+
+
+def run_ui(port: int = 4200, *, config_file: Optional[str] = None, recipe: Optional[str] = None,
+           overrides: Optional[list[str]] = None, gpu_slots: int = 0) -> None:
+    """A local Prefect server on 127.0.0.1:``port`` (its UI at http://127.0.0.1:port) and the
+    deployments served against it, until Ctrl-C stops both."""
+    import subprocess
+    import sys
+    import time
+
+    import httpx
+
+    api = f"http://127.0.0.1:{port}/api"
+    env = {**os.environ, "PREFECT_SERVER_ANALYTICS_ENABLED": os.environ.get("PREFECT_SERVER_ANALYTICS_ENABLED", "false")}
+    server = subprocess.Popen([sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1",
+                               "--port", str(port)], env=env)
+    try:
+        deadline = time.time() + 120
+        while True:
+            try:
+                if httpx.get(f"{api}/health", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if server.poll() is not None or time.time() > deadline:
+                raise RuntimeError(f"the Prefect server did not start on 127.0.0.1:{port} (port in use?)")
+            time.sleep(1)
+        log.info("ui: Prefect UI at http://127.0.0.1:%d (deployments: Deployments > <flow>/fm21 > Run)", port)
+        os.environ["PREFECT_API_URL"] = api
+        serve_deployments(config_file, recipe, overrides, gpu_slots=gpu_slots)
+    finally:
+        server.terminate()
+        server.wait(30)
