@@ -60,7 +60,10 @@ def main(
         first, *rest = [line.strip() for line in str(err).splitlines() if line.strip()]
         typer.echo(f"error: {first} {'; '.join(rest)}".rstrip(), err=True)
         raise typer.Exit(2) from None
+    from fm21.progress import TqdmListener, add_listener
     from fm21.stages import apply_threads
+
+    add_listener(TqdmListener)  # a bar per long stage on a terminal; silent in CI logs
 
     apply_threads(STATE.cfg.threads)  # before torch is imported by any stage
 

@@ -23,6 +23,7 @@ from fm21.evaluate.baselines import BASELINES, object_classes
 from fm21.evaluate.metrics import HEADLINE, gap_closed, task_metrics
 from fm21.evaluate.report import write_report
 from fm21.evaluate.sampler import generate, init_empty_target, init_full_input
+from fm21.progress import tracked
 from fm21.store import labels as label_store
 from fm21.tokenize.crops import Crop, apply_crop
 from fm21.train.checkpoint import load_checkpoint
@@ -108,7 +109,7 @@ def run_evaluate(cfg: EvaluateConfig, ctx) -> dict:
     objects = ground_truth(labels_uri, OBJECT_COLUMN, keys, out_size=res) > 0  # (B, R, R)
     results: dict[str, dict] = {}
     samples: dict[str, dict[str, np.ndarray]] = {}
-    for task in tasks:
+    for task in tracked(tasks, "evaluate", unit="task"):
         target = TASKS[task]
         tok = load_tokenizer(ctx.workdir.tokenizers_dir / target)
         truth = ground_truth(labels_uri, task, keys, out_size=res)

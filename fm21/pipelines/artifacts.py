@@ -16,7 +16,12 @@ import logging
 from pathlib import Path
 from typing import Any, Callable
 
-from prefect.artifacts import create_markdown_artifact, create_table_artifact
+from prefect.artifacts import (
+    create_markdown_artifact,
+    create_progress_artifact,
+    create_table_artifact,
+    update_progress_artifact,
+)
 
 from fm21.config import FlowConfig
 from fm21.store.layout import Workdir
@@ -96,3 +101,30 @@ def publish_stage(cfg: FlowConfig, name: str, result: dict[str, Any]) -> None:
             EXTRAS[name](Workdir(Path(cfg.workdir)))
     except Exception as err:  # noqa: BLE001 - artifacts are a view, not an output
         log.warning("artifacts of stage %s not published: %s: %s", name, type(err).__name__, err)
+
+
+class ProgressArtifact:
+    """A ``fm21.progress`` listener: one Prefect progress artifact per progress block
+    (``fm21-<stage>-progress``), updated as the stage advances. Failures to update are
+    logged once and ignored: progress is a view."""
+
+    def start(self, stage: str, total: int | None, unit: str) -> None:
+        self.stage, self.total, self.unit, self.id = stage, total, unit, None
+        try:
+            self.id = create_progress_artifact(0.0, key=f"fm21-{stage}-progress",
+                                               description=f"{stage}: 0 / {total or '?'} {unit}s")
+        except Exception as err:  # noqa: BLE001
+            log.warning("no progress artifact for %s: %s", stage, err)
+
+    def update(self, done: int) -> None:
+        if self.id is None or not self.total:
+            return
+        try:
+            update_progress_artifact(self.id, min(100.0, 100.0 * done / self.total),
+                                     description=f"{self.stage}: {done} / {self.total} {self.unit}s")
+        except Exception as err:  # noqa: BLE001
+            log.warning("progress artifact of %s not updated: %s", self.stage, err)
+            self.id = None
+
+    def close(self) -> None:
+        pass

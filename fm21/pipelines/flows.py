@@ -21,7 +21,8 @@ os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 from prefect import flow, task  # noqa: E402 - after the environment default above
 
 from fm21.config import ConfigError, FlowConfig, load_config  # noqa: E402
-from fm21.pipelines.artifacts import publish_stage  # noqa: E402
+from fm21.pipelines.artifacts import ProgressArtifact, publish_stage  # noqa: E402
+from fm21.progress import add_listener, remove_listener  # noqa: E402
 from fm21.stages import GPU_STAGES, StageError, run_stage  # noqa: E402
 from fm21.store.layout import STAGES  # noqa: E402
 
@@ -50,7 +51,11 @@ def _stage_task(name: str):
 
 def _run_one(config: dict[str, Any], name: str, force: bool = False) -> dict:
     cfg = FlowConfig.model_validate(config)
-    manifest = run_stage(cfg, name, force=force)
+    add_listener(ProgressArtifact)
+    try:
+        manifest = run_stage(cfg, name, force=force)
+    finally:
+        remove_listener(ProgressArtifact)
     result = {"stage": name, "skipped": manifest.get("skipped", False), "counts": manifest.get("counts", {}),
               "seconds": manifest.get("seconds")}
     publish_stage(cfg, name, result)

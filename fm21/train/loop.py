@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from fm21.config import TrainConfig
+from fm21.progress import progress
 from fm21.train.checkpoint import load_checkpoint, save_checkpoint
 from fm21.train.loader import LanceTokenDataset, make_loader, row_to_sample
 from fm21.train.masking import UnifiedMasking
@@ -129,28 +130,30 @@ def run_train(cfg: TrainConfig, ctx) -> dict:
         history_path.unlink(missing_ok=True)
     t0, tokens_seen = time.time(), 0
     model.train()
-    for step in range(start, cfg.steps):
-        mod_dict = _to_device(next(batches), cfg.device)
-        for group in opt.param_groups:
-            group["lr"] = lr_at(step, cfg)
-        loss, per_mod = model(mod_dict)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-        opt.step()
-        tokens_seen += cfg.batch_size * (cfg.num_input_tokens + cfg.num_target_tokens)
-        last = step == cfg.steps - 1
-        validate = bool(val_batches) and (step % cfg.val_every == 0 or last)
-        if step % cfg.log_every == 0 or validate or last:
-            record = {"step": step, "loss": float(loss), "lr": lr_at(step, cfg), "grad_norm": float(grad_norm),
-                      **{f"loss/{m}": float(v) for m, v in per_mod.items()}}
-            if validate:
-                record.update(validation_loss(model, val_batches, cfg.device))
-            _append(history_path, record)
-            log.info("train: step %d loss %.4f%s lr %.2e", step, record["loss"],
-                     f" val {record['val_loss']:.4f}" if "val_loss" in record else "", record["lr"])
-        if (step + 1) % cfg.checkpoint_every == 0 or step == cfg.steps - 1:
-            _checkpoint(ckpt_dir, model, opt, step + 1, extra)
+    with progress("train", total=cfg.steps - start, unit="step") as advance:
+        for step in range(start, cfg.steps):
+            mod_dict = _to_device(next(batches), cfg.device)
+            for group in opt.param_groups:
+                group["lr"] = lr_at(step, cfg)
+            loss, per_mod = model(mod_dict)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+            opt.step()
+            tokens_seen += cfg.batch_size * (cfg.num_input_tokens + cfg.num_target_tokens)
+            last = step == cfg.steps - 1
+            validate = bool(val_batches) and (step % cfg.val_every == 0 or last)
+            if step % cfg.log_every == 0 or validate or last:
+                record = {"step": step, "loss": float(loss), "lr": lr_at(step, cfg), "grad_norm": float(grad_norm),
+                          **{f"loss/{m}": float(v) for m, v in per_mod.items()}}
+                if validate:
+                    record.update(validation_loss(model, val_batches, cfg.device))
+                _append(history_path, record)
+                log.info("train: step %d loss %.4f%s lr %.2e", step, record["loss"],
+                         f" val {record['val_loss']:.4f}" if "val_loss" in record else "", record["lr"])
+            if (step + 1) % cfg.checkpoint_every == 0 or step == cfg.steps - 1:
+                _checkpoint(ckpt_dir, model, opt, step + 1, extra)
+            advance(1)
     seconds = time.time() - t0
     history = [json.loads(line) for line in history_path.read_text().splitlines()] if history_path.exists() else []
     plot_losses(history, ctx.workdir.stage_dir("train") / "loss.png")
