@@ -10,7 +10,7 @@ FORCE  ?=
 FM21    = $(VENV)/bin/fm21 --config $(CONFIG) $(if $(RECIPE),--recipe $(RECIPE)) $(foreach s,$(SET),--set $(s))
 STAGES := ingest pseudolabel tokenizers tokens train evaluate
 
-.PHONY: install demo test $(STAGES) stats config build-dataset ui bench clean
+.PHONY: install browser demo test $(STAGES) stats config build-dataset ui bench clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
@@ -24,8 +24,16 @@ demo: install            ## the whole pipeline on the embedded default (Prefect 
 	$(FM21) run end_to_end
 	$(FM21) stats
 
-test: install            ## the test suite (CPU, no network)
+test: install browser    ## the test suite (CPU, no network)
 	$(VENV)/bin/python -m pytest -q
+
+# Debian's chromium for the Prefect UI tests (Playwright's own browser download is not used);
+# where it cannot be installed those two tests skip and say why.
+browser:
+	@command -v chromium >/dev/null || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium >/dev/null 2>&1 || \
+	  { apt-get update -q >/dev/null 2>&1 && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium >/dev/null 2>&1; }; } || \
+	  echo "note: chromium not installed; the browser tests will skip"
 
 $(STAGES): install       ## one stage: make pseudolabel [FORCE=1] [RETRY_FAILED=1] [SET="k=v ..."]
 	$(FM21) stage $@ $(if $(FORCE),--force) $(if $(RETRY_FAILED),--retry-failed)
