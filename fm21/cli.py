@@ -119,6 +119,27 @@ def _cfg() -> FlowConfig:
     return STATE.cfg
 
 
+@app.command(epilog="Example: mkdir run && cd run && fm21 init && fm21 run end_to_end")
+@one_line_errors
+def init(
+    directory: Annotated[str, typer.Argument(help="where to write flows.yaml")] = ".",
+    force: Annotated[bool, typer.Option("--force", help="overwrite an existing flows.yaml")] = False,
+) -> None:
+    """Write the default flows.yaml (the embedded default) to edit; fm21 then reads it from there."""
+    import shutil
+    from pathlib import Path
+
+    from fm21.config import DEFAULT_CONFIG
+
+    target = Path(directory) / "flows.yaml"
+    if target.exists() and not force:
+        raise FileExistsError(f"{target} exists; --force overwrites it")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(DEFAULT_CONFIG, target)
+    typer.echo(f"wrote {target}: edit it, then `fm21 run end_to_end` from {target.parent} "
+               f"(recipes: --recipe tiny | 4m21-b)")
+
+
 @config_app.command("show", epilog="Example: fm21 config show --recipe tiny --set train.steps=10")
 def config_show() -> None:
     """Print the resolved configuration (flows.yaml + recipe + overrides)."""

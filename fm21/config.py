@@ -17,7 +17,30 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from fm21.modalities import MODALITIES, ModalitySpec, resolve_specs
 
-DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "flows.yaml"
+# The embedded default ships in the package (in a checkout, a symlink to ./flows.yaml).
+PACKAGED_DEFAULTS = Path(__file__).resolve().parent / "defaults"
+DEFAULT_CONFIG = PACKAGED_DEFAULTS / "flows.yaml"
+
+
+def default_config_path() -> Path:
+    """``./flows.yaml`` when the working directory has one (`fm21 init` writes it), else
+    the packaged default."""
+    local = Path("flows.yaml")
+    return local if local.is_file() else DEFAULT_CONFIG
+
+
+def recipe_path(recipe: str | Path, config_path: Path) -> Path:
+    """A recipe by path, or by name: ``configs/<name>.yaml`` beside the loaded flows.yaml,
+    else the packaged recipe of that name."""
+    given = Path(recipe)
+    if given.exists():
+        return given
+    for folder in (config_path.parent / "configs", PACKAGED_DEFAULTS / "configs"):
+        candidate = folder / f"{recipe}.yaml"
+        if candidate.exists():
+            return candidate
+    known = sorted(p.stem for p in (PACKAGED_DEFAULTS / "configs").glob("*.yaml"))
+    raise ConfigError(f"recipe {str(recipe)!r} not found (a path, or a name: {', '.join(known)})")
 
 
 class ConfigError(ValueError):
@@ -281,13 +304,11 @@ def load_config(
     overrides: list[str] | tuple[str, ...] | None = None,
 ) -> FlowConfig:
     """flows.yaml, then the recipe (a partial YAML), then dotted overrides."""
-    path = Path(path) if path else DEFAULT_CONFIG
+    path = Path(path) if path else default_config_path()
     data = _read_yaml(path)
     sources = [str(path)]
     if recipe:
-        rpath = Path(recipe)
-        if not rpath.exists() and (DEFAULT_CONFIG.parent / "configs" / f"{recipe}.yaml").exists():
-            rpath = DEFAULT_CONFIG.parent / "configs" / f"{recipe}.yaml"
+        rpath = recipe_path(recipe, path)
         data = _deep_merge(data, _read_yaml(rpath))
         sources.append(str(rpath))
     over = parse_overrides(overrides)
