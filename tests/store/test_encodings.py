@@ -124,3 +124,24 @@ def test_tokenizer_preprocessing_gets_the_same_arrays():
 def test_json_metadata_is_plain():
     meta = {k.decode(): v.decode() for k, v in _fields()["depth"].metadata.items()}
     assert json.loads(meta["shape"]) == [S, S] and meta["dtype"] == "float16" and meta["encoding"] == "png16_float16"
+
+
+def test_label_stats_report_encoded_bytes_beside_the_raw_size(tmp_path):
+    import lance
+
+    from fm21.store.stats import format_label_stats, label_store_stats
+
+    fields, maps = _fields(), _maps()
+    schema = pa.schema([pa.field("key", pa.string())] + [fields[n] for n in maps])
+    table = pa.table({"key": [f"k{i}" for i in range(4)],
+                      **{n: store.encode_column(v, fields[n]) for n, v in maps.items()}}, schema=schema)
+    lance.write_dataset(table, str(tmp_path / "labels.lance"))
+    stats = label_store_stats(tmp_path / "labels.lance")
+    cols = stats["columns"]
+    assert cols["rgb"]["raw_bytes_per_sample"] == S * S * 3 and cols["depth"]["raw_bytes_per_sample"] == S * S * 2
+    assert cols["normal"]["raw_bytes_per_sample"] == S * S * 3 * 2 and cols["normal"]["encoding"] == "png8_unit"
+    for name in maps:
+        assert 0 < cols[name]["bytes_per_sample"] < cols[name]["raw_bytes_per_sample"], name
+    assert cols["key"]["encoding"] is None and cols["key"]["raw_bytes_per_sample"] is None
+    text = format_label_stats(stats)
+    assert "png16_float16" in text and f"{S * S * 3 * 2:,}" in text
