@@ -145,3 +145,20 @@ def test_label_stats_report_encoded_bytes_beside_the_raw_size(tmp_path):
     assert cols["key"]["encoding"] is None and cols["key"]["raw_bytes_per_sample"] is None
     text = format_label_stats(stats)
     assert "png16_float16" in text and f"{S * S * 3 * 2:,}" in text
+
+
+def test_a_store_written_before_the_encodings_is_rebuilt_not_appended_to(tmp_path):
+    import lance
+
+    from fm21.pseudolabel.job import _build, _drop_if_stale, labels_schema
+
+    schema = labels_schema({"depth": _build("depth", None, image_size=S)}, ingest_fp="fp")
+    uri = tmp_path / "labels.lance"
+    old_field = pa.field("depth", pa.list_(pa.float16(), S * S), metadata={"shape": f"[{S}, {S}]", "dtype": "float16"})
+    old = pa.schema([schema.field("key"), old_field], metadata=schema.metadata)
+    lance.write_dataset(old.empty_table(), str(uri), schema=old)
+    _drop_if_stale(uri, "fp", schema)
+    assert not uri.exists()  # rebuilt from scratch by the job
+    lance.write_dataset(schema.empty_table(), str(uri), schema=schema)
+    _drop_if_stale(uri, "fp", schema)
+    assert uri.exists()  # same types and encodings: kept, resumed
