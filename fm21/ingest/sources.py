@@ -72,22 +72,47 @@ def list_folder(root: Path) -> list[Path]:
     return sorted(found, key=lambda p: p.relative_to(root).as_posix())
 
 
+def iter_folder_paths(root: Path, prefix: str = "") -> Iterator[str]:
+    """The relative POSIX paths of :func:`list_folder`, in the same order, streamed: one
+    directory's entries at a time (memory O(depth x width), not O(files)).
+
+    Sorting a directory's entries by name, with a directory compared as ``name + "/"``, and
+    descending depth first gives exactly the sorted order of the relative paths: everything
+    under ``d/`` shares that prefix, and no sibling name can fall between ``d/`` and its
+    contents. A link to a directory is not followed: it is listed as an input (and then
+    rejected as not a regular file) rather than skipped."""
+    try:
+        entries = list(os.scandir(root / prefix if prefix else root))
+    except OSError:
+        return
+    named = sorted((e.name + ("/" if e.is_dir(follow_symlinks=False) else ""), e) for e in entries)
+    del entries
+    for name, _entry in named:
+        if name.endswith("/"):
+            yield from iter_folder_paths(root, prefix + name)
+        else:
+            yield prefix + name
+
+
+def folder_input(root: Path, rel: str) -> RawInput | Rejection:
+    """One file of the folder, read, or the reason it cannot be."""
+    path = root / rel
+    try:
+        mode = path.stat().st_mode  # follows file symlinks
+        if not stat.S_ISREG(mode):
+            return Rejection(rel, "unreadable: not a regular file")
+        data = path.read_bytes()
+    except OSError as err:
+        return Rejection(rel, f"unreadable: {err.strerror or err}")
+    return RawInput(key=folder_key(rel), source="folder", source_path=rel, data=data)
+
+
 def iter_folder(root: str | Path) -> Iterator[RawInput | Rejection]:
     root = Path(root).expanduser()
     if not root.is_dir():
         raise FileNotFoundError(f"ingest.path {str(root)!r} is not a directory")
-    for path in list_folder(root):
-        rel = path.relative_to(root).as_posix()
-        try:
-            mode = path.stat().st_mode  # follows file symlinks
-            if not stat.S_ISREG(mode):
-                yield Rejection(rel, "unreadable: not a regular file")
-                continue
-            data = path.read_bytes()
-        except OSError as err:
-            yield Rejection(rel, f"unreadable: {err.strerror or err}")
-            continue
-        yield RawInput(key=folder_key(rel), source="folder", source_path=rel, data=data)
+    for rel in iter_folder_paths(root):
+        yield folder_input(root, rel)
 
 
 # ------------------------------------------------------------------------------ webdataset

@@ -3,37 +3,28 @@
 
 Every input ends up either in a shard or as one line of rejects.jsonl, so
 ``inputs == accepted + rejected`` always holds and the run completes whatever the inputs.
-Shards and rejects are built in a hidden staging folder beside them and swapped in at the
-end, so a killed run never leaves a half-written store that looks complete; staging
-leftovers of killed runs are removed on the next run. Synthetic scenes are rendered as
-one Ray task per shard (``fm21.ingest.units``) into a staging folder named by the config
-fingerprint, so a killed run resumes with the shards it had finished.
+Every source runs as work units, one output shard each (``fm21.ingest.units``), as Ray
+tasks when a Ray config is given (the same bytes without). They write into a hidden
+staging folder named by the fingerprint of the config (and, for synthetic scenes, the
+seed), swapped in at the end, so a killed run never leaves a half-written store that looks
+complete and its rerun keeps the units it had finished. Staging leftovers of other configs
+are removed on the next run.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import shutil
 import uuid
-from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
-from typing import IO
 
 from fm21.config import IngestConfig, RayConfig
-from fm21.ingest.normalize import RejectedInput, normalize_image, reason_category
-from fm21.ingest.shards import (
-    ShardSample,
-    ShardWriter,
-    image_sample,
-    synthetic_key,
-    synthetic_sample,
-)
-from fm21.ingest.sources import RawInput, Rejection, iter_folder, iter_webdataset
+from fm21.ingest.shards import ShardSample, synthetic_key, synthetic_sample
+from fm21.ingest.sources import Rejection, iter_folder, iter_webdataset
 from fm21.ingest.synthetic import render_scene
-from fm21.ingest.units import SCENE_SEED_STRIDE, build_synthetic, num_synthetic_shards
+from fm21.ingest.units import SCENE_SEED_STRIDE, build_inputs, build_synthetic, decode_input, num_synthetic_shards
 from fm21.store.layout import Workdir
 from fm21.store.manifest import fingerprint_of
 
@@ -48,26 +39,21 @@ def run_ingest(cfg: IngestConfig, *, workdir: Workdir, seed: int, ray: RayConfig
     """Build the shards and rejects for ``cfg``; return the counts for the manifest.
 
     ``seed`` names and seeds the synthetic scenes (keys ``syn{seed:04d}-{index:07d}``);
-    folder and webdataset inputs do not depend on it. With ``ray``, synthetic shards are
-    rendered in Ray tasks; without, in this process (the same bytes either way).
+    folder and webdataset inputs do not depend on it. With ``ray``, units run as Ray
+    tasks; without, in this process (the same bytes either way).
     """
     stage_dir = workdir.stage_dir("ingest")
     stage_dir.mkdir(parents=True, exist_ok=True)
-    if cfg.source == "synthetic":  # resumable: the same inputs find the same staging folder
-        name = fingerprint_of({"ingest": cfg.model_dump(mode="json"), "seed": seed})
-    else:
-        name = uuid.uuid4().hex[:12]
-    staging = stage_dir / f"{_STAGING_PREFIX}{name}"
+    # resumable: the same inputs find the same staging folder (folder inputs do not use the seed)
+    key = {"ingest": cfg.model_dump(mode="json")} | ({"seed": seed} if cfg.source == "synthetic" else {})
+    staging = stage_dir / f"{_STAGING_PREFIX}{fingerprint_of(key)}"
     _remove_leftovers(stage_dir, keep=staging.name)
     staging.mkdir(exist_ok=True)
     if cfg.source == "synthetic":
         summary = _build_synthetic(cfg, staging=staging, seed=seed, ray=ray)
     else:
-        try:
-            summary = _build(cfg, staging=staging, seed=seed)
-        except BaseException:
-            shutil.rmtree(staging, ignore_errors=True)
-            raise
+        summary = {"source": cfg.source, "path": cfg.path, **build_inputs(cfg, staging=staging, ray=ray),
+                   "image_size": cfg.image_size}
     _publish(staging, workdir=workdir)
     shutil.rmtree(staging, ignore_errors=True)
     log.info(
@@ -87,7 +73,7 @@ def iter_samples(cfg: IngestConfig, *, seed: int) -> Iterator[ShardSample | Reje
         raise ValueError(f"ingest.path is required for source {cfg.source!r}")
     raw_inputs = iter_folder(cfg.path) if cfg.source == "folder" else iter_webdataset(cfg.path)
     for item in raw_inputs:
-        yield item if isinstance(item, Rejection) else _decode(item, cfg)
+        yield item if isinstance(item, Rejection) else decode_input(item, cfg)
 
 
 def _iter_synthetic(cfg: IngestConfig, *, seed: int) -> Iterator[ShardSample]:
@@ -102,47 +88,6 @@ def _iter_synthetic(cfg: IngestConfig, *, seed: int) -> Iterator[ShardSample]:
         yield synthetic_sample(scene, key=synthetic_key(seed, index), index=index)
 
 
-def _decode(raw: RawInput, cfg: IngestConfig) -> ShardSample | Rejection:
-    def reject(reason: str) -> Rejection:
-        return Rejection(raw.source_path, reason, shard=raw.shard, key=raw.source_key)
-
-    try:
-        norm = normalize_image(
-            raw.data, image_size=cfg.image_size, min_side=cfg.min_side, max_pixels=cfg.max_pixels
-        )
-    except RejectedInput as err:
-        return reject(err.reason)
-    except Exception as err:  # noqa: BLE001 - one bad input must not stop the run
-        return reject(f"corrupt: unexpected {type(err).__name__}: {err}")
-    return image_sample(raw, norm)
-
-
-def _build(cfg: IngestConfig, *, staging: Path, seed: int) -> dict:
-    reasons: Counter[str] = Counter()
-    with (
-        ShardWriter(staging / "shards", samples_per_shard=cfg.samples_per_shard) as writer,
-        open(staging / "rejects.jsonl", "w", encoding="utf-8") as rejects,
-    ):
-        for item in iter_samples(cfg, seed=seed):
-            if isinstance(item, Rejection):
-                _write_reject(rejects, item)
-                reasons[reason_category(item.reason)] += 1
-            else:
-                writer.write(item)
-        accepted, num_shards = writer.num_samples, writer.num_shards
-    rejected = sum(reasons.values())
-    return {
-        "source": cfg.source,
-        "path": cfg.path,
-        "inputs": accepted + rejected,
-        "accepted": accepted,
-        "rejected": rejected,
-        "rejected_by_reason": dict(sorted(reasons.items())),
-        "shards": num_shards,
-        "image_size": cfg.image_size,
-    }
-
-
 def _build_synthetic(cfg: IngestConfig, *, staging: Path, seed: int, ray: RayConfig | None) -> dict:
     """Missing shards only (a killed run's finished shards stay); scenes are never rejected."""
     units = build_synthetic(cfg, shards_dir=staging / "shards", seed=seed, ray=ray)
@@ -150,10 +95,6 @@ def _build_synthetic(cfg: IngestConfig, *, staging: Path, seed: int, ray: RayCon
     num = cfg.synthetic.num_samples
     return {"source": cfg.source, "path": cfg.path, "inputs": num, "accepted": num, "rejected": 0,
             "rejected_by_reason": {}, "shards": num_synthetic_shards(cfg), "image_size": cfg.image_size, **units}
-
-
-def _write_reject(handle: IO[str], rejection: Rejection) -> None:
-    handle.write(json.dumps(rejection.record(), ensure_ascii=False) + "\n")
 
 
 def _publish(staging: Path, *, workdir: Workdir) -> None:

@@ -93,7 +93,7 @@ def run_pseudolabel(cfg: PseudolabelConfig, ctx) -> dict:
     specialists = {n: _build(n, cfg.specialists.get(n), image_size=image_size) for n in order}
     schema = labels_schema(specialists, ingest_fp=ingest["fingerprint"])
     uri = ctx.workdir.labels_uri
-    _drop_if_stale(uri, ingest["fingerprint"])
+    _drop_if_stale(uri, ingest["fingerprint"], schema)
     records = unit_store.read_records(uri)
     if unit_store.drop_if_unrecorded(uri, records):
         records = unit_store.Records({}, {})
@@ -151,10 +151,24 @@ def _release(actors: list) -> None:
         ray.kill(actor)
 
 
-def _drop_if_stale(uri: Path, ingest_fp: str) -> None:
-    if unit_store.exists(uri) and store.store_metadata(uri).get("ingest_fingerprint") != ingest_fp:
+def _drop_if_stale(uri: Path, ingest_fp: str, schema: pa.Schema) -> None:
+    if not unit_store.exists(uri):
+        return
+    if store.store_metadata(uri).get("ingest_fingerprint") != ingest_fp:
         log.info("pseudolabel: %s was built from other shards; rebuilding", uri)
         fs.remove_tree(uri)
+        return
+    have = store.open_dataset(uri).schema
+    changed = [f.name for f in schema if f.name in have.names and not _same_storage(have.field(f.name), f)]
+    if changed:  # e.g. a store written before the compact encodings: its fragments can't be appended to
+        log.info("pseudolabel: %s stores %s in another type or encoding; rebuilding", uri, ", ".join(changed))
+        fs.remove_tree(uri)
+
+
+def _same_storage(have: pa.Field, want: pa.Field) -> bool:
+    meta = (have.metadata or {}), (want.metadata or {})
+    same_meta = all(meta[0].get(k) == meta[1].get(k) for k in (b"shape", b"dtype", b"encoding"))
+    return have.type == want.type and same_meta
 
 
 def _sync_metadata(uri: Path, schema: pa.Schema) -> None:

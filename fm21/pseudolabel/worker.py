@@ -78,7 +78,7 @@ def _call(spec: Specialist, part: pa.Table, fields: list[pa.Field]) -> dict[str,
     batch = decode_batch(part, spec.requires, needs_gt=spec.oracle)
     injected_failure(spec.name, batch["key"])
     out = spec(batch)
-    return {f.name: pa.array(out[f.name], type=f.type) for f in fields}
+    return {f.name: store.encode_column(out[f.name], f) for f in fields}  # compact maps (encodings.py)
 
 
 def apply_specialist(spec: Specialist, table: pa.Table) -> tuple[pa.Table, dict[str, str]]:

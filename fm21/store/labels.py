@@ -2,7 +2,10 @@
 
 Helpers shared by the pseudolabel job (writer side) and the tokenizer stages (reader
 side): which keys/columns are committed, and arrow columns <-> numpy maps using the
-``shape``/``dtype`` field metadata every dense map carries.
+``shape``/``dtype``/``encoding`` field metadata every dense map carries. Dense maps are
+stored compactly encoded (``fm21.store.encodings``); :func:`encode_column` is the one
+writer of a map column and :func:`column_to_python` the one reader, so every consumer gets
+``(B, *shape)`` arrays of the field's ``dtype`` whatever the encoding.
 """
 
 from __future__ import annotations
@@ -13,6 +16,11 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
+
+from fm21.store.encodings import decode_column, encode_column, field_meta
+
+__all__ = ["column_to_python", "committed_keys", "encode_column", "field_shape", "read_maps",
+           "store_metadata"]
 
 META_INGEST = b"fm21.ingest_fingerprint"
 META_PROVENANCE = b"fm21.specialists"
@@ -38,12 +46,18 @@ def field_shape(field: pa.Field) -> tuple[int, ...] | None:
 
 
 def column_to_python(column: pa.ChunkedArray | pa.Array, field: pa.Field) -> Any:
-    """A dense-map column -> np.ndarray (B, *shape); anything else -> list of Python values."""
-    shape = field_shape(field)
-    if shape is None or not pa.types.is_fixed_size_list(field.type):
+    """A dense-map column -> np.ndarray (B, *shape) of the field's dtype (a list with None
+    where a row is null); anything else -> list of Python values."""
+    meta = field_meta(field)
+    shape = meta["shape"]
+    if shape is None:
         return column.to_pylist()
     if isinstance(column, pa.ChunkedArray):
         column = column.combine_chunks()
+    if meta["encoding"] != "raw":
+        return decode_column(column, field)
+    if not pa.types.is_fixed_size_list(field.type):
+        return column.to_pylist()
     if column.null_count:
         return [None if v is None else np.asarray(v).reshape(shape) for v in column.to_pylist()]
     values = column.flatten().to_numpy(zero_copy_only=False)

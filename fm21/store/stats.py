@@ -10,6 +10,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from fm21.store.encodings import field_meta, raw_bytes
 from fm21.store.fs import tree_bytes
 from fm21.store.tokens import read_store_metadata
 
@@ -114,7 +115,8 @@ def format_stats(stats: dict[str, Any]) -> str:
 
 def label_store_stats(uri: Path) -> dict[str, Any]:
     """Bytes on disk per sample for each column of labels.lance (from Lance's per-field
-    statistics, no data read), beside the raw in-memory size of fixed-size maps."""
+    statistics, no data read), beside the raw in-memory size of each dense map (shape x
+    dtype of the decoded array) and the map's stored encoding (``fm21.store.encodings``)."""
     import lance
 
     ds = lance.dataset(str(uri))
@@ -127,11 +129,10 @@ def label_store_stats(uri: Path) -> dict[str, Any]:
     columns: dict[str, dict[str, Any]] = {}
     for field in ds.lance_schema.fields():
         arrow = ds.schema.field(field.name())
-        raw = None
-        if pa.types.is_fixed_size_list(arrow.type) and pa.types.is_primitive(arrow.type.value_type):
-            raw = arrow.type.list_size * arrow.type.value_type.bit_width // 8
+        meta = field_meta(arrow)
         columns[field.name()] = {"bytes_per_sample": total(field) / rows if rows else 0.0,
-                                 "raw_bytes_per_sample": raw}
+                                 "raw_bytes_per_sample": raw_bytes(arrow),
+                                 "encoding": meta["encoding"] if meta["shape"] is not None else None}
     return {"uri": str(uri), "rows": rows, "version": ds.version, "columns": columns,
             "bytes_per_sample": sum(c["bytes_per_sample"] for c in columns.values())}
 
@@ -139,8 +140,10 @@ def label_store_stats(uri: Path) -> dict[str, Any]:
 def format_label_stats(stats: dict[str, Any]) -> str:
     lines = [f"label store {stats['uri']} (version {stats['version']}): {stats['rows']} samples, "
              f"{stats['bytes_per_sample']:,.0f} bytes/sample", "",
-             f"{'column':16s} {'bytes/sample':>13s} {'raw bytes/sample':>17s}"]
+             f"{'column':16s} {'encoding':14s} {'bytes/sample':>13s} {'raw bytes/sample':>17s} {'ratio':>7s}"]
     for name, c in stats["columns"].items():
-        raw = f"{c['raw_bytes_per_sample']:,}" if c["raw_bytes_per_sample"] is not None else "-"
-        lines.append(f"{name:16s} {c['bytes_per_sample']:13,.1f} {raw:>17s}")
+        raw = c["raw_bytes_per_sample"]
+        ratio = f"{c['bytes_per_sample'] / raw:7.1%}" if raw else "      -"
+        lines.append(f"{name:16s} {c.get('encoding') or '-':14s} {c['bytes_per_sample']:13,.1f} "
+                     f"{f'{raw:,}' if raw is not None else '-':>17s} {ratio}")
     return "\n".join(lines)

@@ -14,7 +14,7 @@ import webdataset as wds
 from PIL import Image
 
 from fm21.config import IngestConfig, SyntheticConfig
-from fm21.ingest import stage as stage_module
+from fm21.ingest import units as units_module
 from fm21.ingest.normalize import REJECT_CATEGORIES, RejectedInput, normalize_image
 from fm21.ingest.sources import folder_key
 from fm21.ingest.stage import SCENE_SEED_STRIDE, run_ingest
@@ -70,7 +70,8 @@ def test_folder_every_file_is_accepted_or_rejected_with_its_reason(mixed_folder,
     want_rejected = {rel: cat for rel, cat in expected.items() if cat is not None}
     assert summary["inputs"] == len(expected) == summary["accepted"] + summary["rejected"]
     assert summary["rejected"] == len(want_rejected)
-    assert summary["shards"] == -(-summary["accepted"] // 4) == len(workdir.shard_paths())
+    # one shard per unit of 4 inputs that has an accepted one (rejects leave shards short)
+    assert summary["shards"] == len(workdir.shard_paths()) <= summary["units"] == -(-summary["inputs"] // 4)
     rejects = read_rejects(workdir)
     assert {r["source_path"]: category(r["reason"]) for r in rejects} == want_rejected
     assert all(r["stage"] == "ingest" for r in rejects)
@@ -142,19 +143,27 @@ def test_a_failing_run_leaves_the_previous_store_untouched(mixed_folder, tmp_pat
     rejects_before = workdir.rejects.read_bytes()
 
     calls = {"n": 0}
-    real_write = stage_module.ShardWriter.write
+    real_decode = units_module.decode_input
 
-    def dying_write(self, sample):  # the process "dies" after a few samples
+    def dying_decode(raw, cfg):  # the process "dies" after a few samples
         calls["n"] += 1
         if calls["n"] == 3:
             raise KeyboardInterrupt
-        real_write(self, sample)
+        return real_decode(raw, cfg)
 
-    monkeypatch.setattr(stage_module.ShardWriter, "write", dying_write)
+    monkeypatch.setattr(units_module, "decode_input", dying_decode)
+    smaller = cfg.model_copy(update={"samples_per_shard": 1})
     with pytest.raises(KeyboardInterrupt):
-        run_ingest(cfg.model_copy(update={"samples_per_shard": 1}), workdir=workdir, seed=0)
+        run_ingest(smaller, workdir=workdir, seed=0)
     assert {p.name: p.read_bytes() for p in workdir.shard_paths()} == before
     assert workdir.rejects.read_bytes() == rejects_before
+    # the killed run's staging folder stays, for a resume of the same config
+    names = sorted(p.name for p in workdir.stage_dir("ingest").iterdir())
+    assert names[1:] == STAGE_FILES and names[0].startswith(".staging-")
+    done = len(list((workdir.stage_dir("ingest") / names[0]).glob("units/unit-*.json")))
+    monkeypatch.setattr(units_module, "decode_input", real_decode)
+    summary = run_ingest(smaller, workdir=workdir, seed=0)
+    assert done >= 2 and summary["new_units"] == summary["units"] - done  # resumed, not restarted
     assert sorted(p.name for p in workdir.stage_dir("ingest").iterdir()) == STAGE_FILES
 
 

@@ -16,6 +16,7 @@ from fm21.pseudolabel.specialists import SPECIALISTS
 from fm21.pseudolabel.specialists.base import OracleInputError, OracleSpecialist, Specialist
 from fm21.pseudolabel.specialists.color_palette import NUM_PALETTES
 from fm21.pseudolabel.specialists.metadata import METADATA_FIELDS
+from fm21.store import labels as store
 
 S = 16
 CLASSES = ["none", "ground", "cube", "sphere"]  # semantic id -> name
@@ -116,16 +117,17 @@ def test_outputs_match_declared_columns(name):
     for field in fields:
         values = out[field.name]
         assert len(values) == 2
-        arr = pa.array(values, type=field.type)
-        assert arr.null_count == 0
+        arr = store.encode_column(values, field)  # what the job stores
+        assert arr.null_count == 0 and arr.type == field.type
         meta = {k.decode(): v.decode() for k, v in field.metadata.items()}
         assert meta["specialist"] == name and meta["weights"] == "none"
         assert meta["random"] == "false"
         assert meta["oracle"] == ("true" if spec.oracle else "false")
-        if pa.types.is_fixed_size_list(field.type):
+        if "shape" in meta:  # a dense map: decodes to (B, *shape) of its dtype
             shape = [int(x) for x in meta["shape"].strip("[]").split(",")]
-            assert field.type.list_size == np.prod(shape) and shape[:2] == [S, S]
-            assert meta["dtype"] == str(field.type.value_type).replace("halffloat", "float16")
+            assert shape[:2] == [S, S] and meta["encoding"] != "raw"
+            decoded = store.column_to_python(arr, field)
+            assert decoded.shape == (2, *shape) and decoded.dtype == np.dtype(meta["dtype"])
     prov = spec.provenance()
     assert set(prov) == {"specialist", "weights", "model_id", "weights_fingerprint", "random",
                          "oracle"}

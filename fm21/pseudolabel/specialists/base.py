@@ -18,7 +18,8 @@ Input batch (B samples, S = image_size):
 - the columns of earlier specialists (named in ``requires``), as they returned them.
 
 Output: only the specialist's own columns, each a list of length B whose items
-``pa.array(values, type=field.type)`` accepts (dense maps: flat 1-D numpy arrays).
+``fm21.store.labels.encode_column(values, field)`` accepts (dense maps: flat 1-D numpy
+arrays of the declared dtype, encoded for storage by the job, not by the specialist).
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ import pyarrow as pa
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from fm21.config import ConfigError, SpecialistConfig
+from fm21.store import encodings
 
 
 class NoOptions(BaseModel):
@@ -145,14 +147,15 @@ class Specialist(ABC):
             meta["dtype"] = dtype
         return pa.field(name, type_, nullable=True, metadata=meta)
 
-    def map_field(self, name: str, dtype: str, *, channels: int = 1) -> pa.Field:
-        """A dense (S, S) or (S, S, C) map stored flat as a fixed-size list."""
+    def map_field(self, name: str, dtype: str, *, kind: str, channels: int = 1) -> pa.Field:
+        """A dense (S, S) or (S, S, C) map of label ``kind`` (``fm21.store.encodings``:
+        image, class_map, binary_map, depth, unit_vector, raw). The kind picks the stored
+        encoding; the field metadata records ``shape``, ``dtype`` and ``encoding``."""
         s = self.image_size
         shape = [s, s] if channels == 1 else [s, s, channels]
-        value_type = pa.from_numpy_dtype(np.dtype(dtype))
-        return self.field(
-            name, pa.list_(value_type, int(np.prod(shape))), shape=shape, dtype=dtype
-        )
+        encoding = encodings.encoding_for_kind(kind)
+        field = self.field(name, encodings.storage_type(encoding, tuple(shape), dtype), shape=shape, dtype=dtype)
+        return field.with_metadata({**field.metadata, encodings.ENCODING_KEY: encoding.encode()})
 
 
 class OracleSpecialist(Specialist):

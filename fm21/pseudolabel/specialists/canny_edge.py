@@ -60,7 +60,7 @@ class CannyEdge(Specialist):
     Options: ClassVar[type[BaseModel]] = CannyOptions
 
     def columns(self) -> list[pa.Field]:
-        return [self.map_field("canny_edge", "uint8")]
+        return [self.map_field("canny_edge", "uint8", kind="binary_map")]
 
     def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
         s = self.image_size

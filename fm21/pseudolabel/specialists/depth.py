@@ -1,8 +1,9 @@
 """Depth oracle: metric depth from the synthetic scene's ground truth.
 
 Stands in for Omnidata DPT-B-Hybrid v2 (REFERENCE §2); the real network is a later
-issue. Stored at full fidelity in metres as float16; the tokenizer applies the robust
-per-image standardisation, not this specialist.
+issue. Metric depth in metres as float16 (label kind ``depth``: stored losslessly as a
+16-bit PNG of the float16 bit patterns, ``fm21.store.encodings``); the tokenizer applies
+the robust per-image standardisation, not this specialist.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ class DepthOracle(OracleSpecialist):
     stands_in_for: ClassVar[str] = "Omnidata DPT-B-Hybrid v2 depth"
 
     def columns(self) -> list[pa.Field]:
-        return [self.map_field("depth", "float16")]
+        return [self.map_field("depth", "float16", kind="depth")]
 
     def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
         depth = [

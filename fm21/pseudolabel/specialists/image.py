@@ -19,7 +19,7 @@ class ImageColumns(Specialist):
     name: ClassVar[str] = "image"
 
     def columns(self) -> list[pa.Field]:
-        return [self.map_field("rgb", "uint8", channels=3)]
+        return [self.map_field("rgb", "uint8", kind="image", channels=3)]
 
     def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
         rgb = np.asarray(batch["rgb"], dtype=np.uint8)  # (B, S, S, 3)

@@ -1,7 +1,9 @@
 """Surface-normal oracle: camera-frame unit normals from the synthetic ground truth.
 
 Stands in for Omnidata DPT-B-Hybrid v2 normals (REFERENCE §2); the real network is a
-later issue. Stored as float16 components in [-1, 1], flattened from (S, S, 3).
+later issue. Float16 components in [-1, 1], flattened from (S, S, 3) (label kind
+``unit_vector``: stored as 8 bits per component, error at most 1/254 per component,
+``fm21.store.encodings``).
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ class NormalOracle(OracleSpecialist):
     stands_in_for: ClassVar[str] = "Omnidata DPT-B-Hybrid v2 surface normals"
 
     def columns(self) -> list[pa.Field]:
-        return [self.map_field("normal", "float16", channels=3)]
+        return [self.map_field("normal", "float16", kind="unit_vector", channels=3)]
 
     def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
         normal = [

@@ -48,7 +48,7 @@ class SamEdge(Specialist):
     Options: ClassVar[type[BaseModel]] = SamEdgeOptions
 
     def columns(self) -> list[pa.Field]:
-        return [self.map_field("sam_edge", "uint8")]
+        return [self.map_field("sam_edge", "uint8", kind="binary_map")]
 
     def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
         if "instance" not in batch:

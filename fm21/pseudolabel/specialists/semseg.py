@@ -21,7 +21,8 @@ class SemsegOracle(OracleSpecialist):
     stands_in_for: ClassVar[str] = "Mask2Former Swin-B, COCO panoptic"
 
     def columns(self) -> list[pa.Field]:
-        return [self.map_field("semseg", "uint8"), self.map_field("instance", "uint8")]
+        return [self.map_field("semseg", "uint8", kind="class_map"),
+                self.map_field("instance", "uint8", kind="class_map")]
 
     def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
         semseg, instance = [], []
