@@ -113,20 +113,17 @@ class TokenizeActor:
 
         new = self._tokenize_fragment(task["labels_fragment"], task["labels_version"], point="tokens.in_add")
         fragment = lance.dataset(self.uri, version=task["version"]).get_fragment(task["fragment"])
-        rows = fragment.to_table(columns=["key", "crop"])
         where = {(k, c): i for i, (k, c) in enumerate(zip(new.column("key").to_pylist(), new.column("crop").to_pylist()))}
-        order = [where[(k, c)] for k, c in zip(rows.column("key").to_pylist(), rows.column("crop").to_pylist())]
         columns = [f.name for f in self.schema if f.name in self.specs]
-        values = new.select(columns).take(pa.array(order, type=pa.int64()))
-        offset = 0
+        values = new.select(columns)
 
         def column_batch(batch: pa.RecordBatch) -> pa.RecordBatch:
-            nonlocal offset  # merge_columns reads the fragment in order, batch by batch
-            part = values.slice(offset, batch.num_rows)
-            offset += batch.num_rows
+            # Stateless (Lance may call it more than once per batch): rows found by (key, crop).
+            rows = [where[(k, c)] for k, c in zip(batch.column("key").to_pylist(), batch.column("crop").to_pylist())]
+            part = values.take(pa.array(rows, type=pa.int64()))
             return pa.RecordBatch.from_arrays([part.column(c).combine_chunks() for c in columns], schema=values.schema)
 
-        metadata, schema = fragment.merge_columns(column_batch, columns=["crop"])
+        metadata, schema = fragment.merge_columns(column_batch, columns=["key", "crop"])
         crash_point("tokens.after_add")
         return {"fragment": json.dumps(metadata.to_json()), "schema": schema}
     def __call__(self, table: pa.Table) -> pa.Table:
