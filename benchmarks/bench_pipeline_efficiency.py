@@ -74,6 +74,7 @@ def in_process(cfg, ref_work: Path) -> dict[str, float]:
     out: dict[str, float] = {}
     # ingest: every shard rendered and written here
     shards = wd.root / "shards"
+    shards.mkdir(parents=True)
     start = time.perf_counter()
     for i in range(num_synthetic_shards(cfg.ingest)):
         write_synthetic_shard(cfg.ingest.model_dump(mode="json"), seed=cfg.ingest.seed, index=i, directory=str(shards))
