@@ -150,6 +150,16 @@ def tokenizer_dir(stores):
     return root / "tokenizers"
 
 
+@pytest.fixture(autouse=True)
+def _grad_mode():
+    """TokenizeActor turns autograd off for its (actor) process; restore it for the next tests."""
+    import torch
+
+    enabled = torch.is_grad_enabled()
+    yield
+    torch.set_grad_enabled(enabled)
+
+
 def _tokens(uri, tokenizers, *, features: bool) -> pa.Table:
     specs = {SPEC.name: SPEC}
     schema = tokens_schema(specs, tokenizers={}, labels_fp="x")
