@@ -107,6 +107,17 @@ class SpecialistConfig(Strict):
     options: dict[str, Any] = Field(default_factory=dict)  # checked by the specialist
 
 
+class FeatureMapsConfig(Strict):
+    """Which rows of labels.lance keep the patch feature maps of feature specialists
+    (CLIP, DINOv2, ImageBind): ``all``; ``sample``: about ``sample_size`` rows chosen by
+    key hash, the tokenizer-training sample; ``none``. Rows without them hold null and
+    the tokens job recomputes their features from the rgb crops (docs/data-plane.md).
+    Global embeddings are always stored."""
+
+    store: Literal["all", "sample", "none"] = "all"
+    sample_size: int = Field(4096, ge=1)
+
+
 class PseudolabelConfig(Strict):
     # A work unit is one input shard, labelled by one worker actor holding every specialist.
     units_per_commit: int = Field(4, ge=1)  # units per Lance Append (resume is per unit)
@@ -114,6 +125,7 @@ class PseudolabelConfig(Strict):
     num_cpus: float = 1.0  # per worker actor
     num_gpus: float = 0.0
     retry_failed: bool = False  # also re-run the samples recorded as failed (only those)
+    feature_maps: FeatureMapsConfig = FeatureMapsConfig()
     specialists: dict[str, SpecialistConfig]
 
 

@@ -70,6 +70,14 @@ class ModalitySpec:
         return self.resolution // self.patch_size
 
     @property
+    def label_size(self) -> int | None:
+        """Side of the map its tokenizer reads: the crop resolution for dense maps, the
+        token grid for feature maps (one patch feature vector per token)."""
+        if self.kind == "feature_tokens":
+            return self.grid_size
+        return self.resolution
+
+    @property
     def num_tokens(self) -> int:
         """Maximum number of tokens this modality contributes to a sample."""
         if self.kind == "global_tokens":

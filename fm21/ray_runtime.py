@@ -27,7 +27,10 @@ def ensure_ray(cfg: RayConfig) -> None:
         ray.init(address=cfg.address, **kwargs)
     else:
         log.info("starting a local Ray (num_cpus=%s)", cfg.num_cpus)
-        ray.init(num_cpus=cfg.num_cpus, **kwargs)
+        # address="local": a new Ray of our own. Without it, ray.init() joins the latest
+        # cluster started on this machine by `ray start` (e.g. another user's, or a
+        # test's simulated cluster) and then refuses num_cpus.
+        ray.init(address="local", num_cpus=cfg.num_cpus, **kwargs)
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = False
     ctx.print_on_execution_start = False

@@ -23,6 +23,7 @@ import pyarrow as pa
 from fm21.config import PseudolabelConfig, SpecialistConfig
 from fm21.pseudolabel.specialists import SPECIALISTS
 from fm21.pseudolabel.specialists.base import Specialist
+from fm21.pseudolabel.specialists.feature import sample_fraction
 from fm21.pseudolabel.worker import RAW_COLUMNS, LabelWorker, build_specialist, decode_batch
 from fm21.store import fs
 from fm21.store import labels as store
@@ -139,7 +140,9 @@ def _actors(names: list[str], cfg: PseudolabelConfig, ctx, *, image_size: int, u
     options = {"num_cpus": cfg.num_cpus, "num_gpus": cfg.num_gpus, **({"runtime_env": {"env_vars": env}} if env else {})}
     cfgs = {n: (cfg.specialists.get(n) or SpecialistConfig()).model_dump() for n in names}
     remote = ray.remote(LabelWorker).options(**options)
-    return [remote.remote(names, cfgs, image_size=image_size, uri=str(uri), schema=schema)
+    ingest = read_manifest(ctx.workdir.manifest("ingest"))
+    fraction = sample_fraction(cfg.feature_maps.store, cfg.feature_maps.sample_size, int(ingest["counts"]["accepted"]))
+    return [remote.remote(names, cfgs, image_size=image_size, uri=str(uri), schema=schema, feature_fraction=fraction)
             for _ in range(cfg.concurrency)]
 
 

@@ -22,6 +22,7 @@ from fm21.config import SpecialistConfig
 from fm21.faults import crash_point, injected_failure
 from fm21.pseudolabel.specialists import SPECIALISTS
 from fm21.pseudolabel.specialists.base import OracleInputError, Specialist
+from fm21.pseudolabel.specialists.feature import feature_map_columns, in_feature_sample
 from fm21.store import fs
 from fm21.store import labels as store
 from fm21.store.units import UnitResult, write_unit
@@ -113,21 +114,39 @@ def apply_specialist(spec: Specialist, table: pa.Table) -> tuple[pa.Table, dict[
     return table, errors
 
 
-def label_table(table: pa.Table, specialists: dict[str, Specialist]) -> tuple[pa.Table, dict[str, str]]:
-    """Every specialist in plan order; a sample failed by one is dropped for the rest."""
+def label_table(table: pa.Table, specialists: dict[str, Specialist], *,
+                feature_fraction: float = 1.0) -> tuple[pa.Table, dict[str, str]]:
+    """Every specialist in plan order; a sample failed by one is dropped for the rest.
+    Feature maps are kept only for the keys in the feature sample (``feature_fraction``)."""
     failed: dict[str, str] = {}
     for spec in specialists.values():
         table, errors = apply_specialist(spec, table)
+        table = keep_feature_sample(table, feature_map_columns(spec), feature_fraction)
         failed.update(errors)
         crash_point("pseudolabel.in_unit")
     return table, failed
+
+
+def keep_feature_sample(table: pa.Table, columns: tuple[str, ...], fraction: float) -> pa.Table:
+    """Null the feature-map ``columns`` of the rows outside the feature sample."""
+    if not columns or fraction >= 1.0:
+        return table
+    import pyarrow.compute as pc
+
+    keep = pa.array([in_feature_sample(k, fraction) for k in table.column("key").to_pylist()], type=pa.bool_())
+    for name in columns:
+        index = table.schema.get_field_index(name)
+        column = table.column(name).combine_chunks()
+        table = table.set_column(index, table.schema.field(name),
+                                 pc.if_else(keep, column, pa.nulls(len(column), column.type)))
+    return table
 
 
 class LabelWorker:
     """Ray actor body: specialists loaded once; one method call per work unit."""
 
     def __init__(self, names: list[str], cfgs: dict[str, dict], *, image_size: int, uri: str,
-                 schema: pa.Schema) -> None:
+                 schema: pa.Schema, feature_fraction: float = 1.0) -> None:
         self.specialists = {
             n: build_specialist(n, SpecialistConfig.model_validate(cfgs[n]), image_size=image_size) for n in names
         }
@@ -135,11 +154,13 @@ class LabelWorker:
             spec.load()
         self.uri = uri
         self.schema = schema  # the store's schema: fragments are written in it
+        self.feature_fraction = feature_fraction  # keys that keep feature maps (pseudolabel.feature_maps)
 
     def label_unit(self, unit: dict[str, Any]) -> dict[str, Any]:
         """Label one shard (or only ``unit["keys"]``, a retry) and write its fragment."""
         keys = unit.get("keys")
-        table, failed = label_table(read_shard(unit["path"], set(keys) if keys else None), self.specialists)
+        table, failed = label_table(read_shard(unit["path"], set(keys) if keys else None), self.specialists,
+                                    feature_fraction=self.feature_fraction)
         fragments = write_unit(table, self.uri, self.schema)
         crash_point("pseudolabel.after_write")
         return UnitResult(unit["id"], fragments, table.num_rows, failed, list(keys or [])).to_dict()
@@ -164,7 +185,7 @@ class LabelWorker:
         table = existing
         for name in RAW_COLUMNS[1:]:
             table = table.append_column(raw.schema.field(name), raw.column(name))
-        table, failed = label_table(table, self.specialists)
+        table, failed = label_table(table, self.specialists, feature_fraction=self.feature_fraction)
         columns = [f.name for s in self.specialists.values() for f in s.columns()]
         metadata, schema = fragment.merge(table.select(["key", *columns]), left_on="key")
         return {"fragment": json.dumps(metadata.to_json()), "schema": schema, "failed": failed}

@@ -5,7 +5,10 @@
 - sequences: variable int32 lists of WordPiece ids, without EOS (added at masking)
 
 Schema metadata holds the resolved modality specs and the tokenizer fingerprints, so
-training can refuse a store made with other tokenizers or at another scale.
+training can refuse a store made with other tokenizers or at another scale. It also
+holds what the tokens job needs to extend a store in place rather than rebuild it: the
+labels store's identity and the crop layout (shared by every column), and per modality
+the fingerprint of its inputs (spec, tokenizer, the specialist that made its labels).
 """
 
 from __future__ import annotations
@@ -22,6 +25,8 @@ from fm21.modalities import ModalitySpec
 META_SPECS = b"fm21.specs"
 META_TOKENIZERS = b"fm21.tokenizers"
 META_LABELS = b"fm21.labels_fingerprint"
+META_LAYOUT = b"fm21.layout"  # crops and split: the rows every column is made for
+META_INPUTS = b"fm21.inputs"  # {modality: fingerprint of what its column is computed from}
 
 
 def modality_field(spec: ModalitySpec) -> pa.Field:
@@ -33,7 +38,8 @@ def modality_field(spec: ModalitySpec) -> pa.Field:
     return pa.field(spec.name, pa.list_(pa.int32()))
 
 
-def tokens_schema(specs: dict[str, ModalitySpec], *, tokenizers: dict[str, str], labels_fp: str) -> pa.Schema:
+def tokens_schema(specs: dict[str, ModalitySpec], *, tokenizers: dict[str, str], labels_fp: str,
+                  layout: dict[str, Any] | None = None, inputs: dict[str, str] | None = None) -> pa.Schema:
     fields = [
         pa.field("key", pa.string(), nullable=False),
         pa.field("crop", pa.int16(), nullable=False),
@@ -44,7 +50,16 @@ def tokens_schema(specs: dict[str, ModalitySpec], *, tokenizers: dict[str, str],
         META_SPECS: json.dumps({n: dataclasses.asdict(s) for n, s in specs.items()}).encode(),
         META_TOKENIZERS: json.dumps(tokenizers).encode(),
         META_LABELS: labels_fp.encode(),
+        META_LAYOUT: json.dumps(layout or {}, sort_keys=True).encode(),
+        META_INPUTS: json.dumps(inputs or {}).encode(),
     })
+
+
+def schema_metadata(specs: dict[str, ModalitySpec], *, tokenizers: dict[str, str], labels_fp: str,
+                    layout: dict[str, Any], inputs: dict[str, str]) -> dict[str, str]:
+    """The schema metadata of a store holding exactly ``specs`` (for a column add/drop)."""
+    schema = tokens_schema(specs, tokenizers=tokenizers, labels_fp=labels_fp, layout=layout, inputs=inputs)
+    return {k.decode(): v.decode() for k, v in schema.metadata.items()}
 
 
 def read_store_metadata(uri: Path) -> dict[str, Any]:
@@ -74,4 +89,6 @@ def read_schema_metadata(schema: pa.Schema) -> dict[str, Any]:
         "specs": json.loads(meta.get(META_SPECS, b"{}")),
         "tokenizers": json.loads(meta.get(META_TOKENIZERS, b"{}")),
         "labels_fingerprint": meta.get(META_LABELS, b"").decode(),
+        "layout": json.loads(meta.get(META_LAYOUT, b"{}")),
+        "inputs": json.loads(meta.get(META_INPUTS, b"{}")),
     }

@@ -6,12 +6,29 @@ Every modality of a sample is cut with the same crop window and flip (aligned
 multi-crop, ``fm21.tokenize.crops``). A worker actor reads its fragment, tokenizes it
 and writes the tokens fragment itself; the driver commits ``units_per_commit`` units
 per Lance Append, recording the units in the transaction (``fm21.store.units``), so a
-killed run resumes at the first uncommitted fragment without duplicates. A store made
-with other tokenizers or labels is rebuilt.
+killed run resumes at the first uncommitted fragment without duplicates.
+
+Enabling a modality on an existing store adds only its column: worker actors holding
+only the new tokenizers each take one tokens fragment, tokenize the rows of the labels
+fragment it was made from (same crops: they are drawn from the key hash), and write the
+column as one new data file of that fragment (``LanceFragment.merge_columns``); the
+driver commits every fragment as one Lance ``Merge`` against the version it read, whose
+schema carries the new specs and fingerprints. The other columns' data files are not
+rewritten. A store made from other labels (another ingest) or with another crop layout,
+a removed modality, or a modality whose inputs changed (spec, tokenizer, specialist) is
+rebuilt whole.
+
+Feature-map modalities (``feature_tokens``: CLIP, DINOv2, ImageBind) are tokenized from
+the stored feature map where labels.lance has one (crop 0: the features of the full
+image), and otherwise from features the actor computes itself on the rgb crop with the
+modality's feature specialist (``FeatureMapSpecialist``), as the reference's
+``save_vq_tokens.py`` (apple/ml-4m) does.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import logging
 from pathlib import Path
 from typing import Any
@@ -23,12 +40,15 @@ from fm21.config import TokensConfig
 from fm21.faults import crash_point
 from fm21.modalities import ModalitySpec
 from fm21.store import fs
+from fm21.store.manifest import fingerprint_of
 from fm21.store import labels as store
 from fm21.store import tokens as token_store
 from fm21.store import units as unit_store
 from fm21.tokenize.crops import apply_crop, crop_window, is_val_key, key_hash
 from fm21.tokenize.sequences import serialize
-from fm21.tokenize.stage import TEXT_DIR
+from fm21.tokenize.stage import TEXT_DIR, label_inputs
+
+PROP_ADDED = "fm21.added_modalities"  # on the Merge that adds columns
 
 log = logging.getLogger("fm21")
 
@@ -38,7 +58,7 @@ class TokenizeActor:
     fragments (:meth:`tokenize_unit`) in batches of label rows (:meth:`__call__`)."""
 
     def __init__(self, specs: dict[str, dict], tokenizers_dir: str, cfg: dict, schema: pa.Schema,
-                 *, labels_uri: str = "", uri: str = "") -> None:
+                 *, labels_uri: str = "", uri: str = "", features: dict[str, dict] | None = None) -> None:
         import torch
 
         from fm21.tokenize.checkpoint import load_tokenizer
@@ -54,23 +74,63 @@ class TokenizeActor:
         self.text = TextTokenizer.load(root / TEXT_DIR) if has_text else None
         self.labels_uri, self.uri = labels_uri, uri
         self.columns = sorted({"key", "rgb", *(c for s in self.specs.values() for c in s.label_columns)})
+        # Feature specialists (by name) for feature maps labels.lance does not hold.
+        self.features = _load_feature_specialists(features or {})
+        self.feature_columns = {s.label_columns[0] for s in self.specs.values() if s.kind == "feature_tokens"}
 
+    def _read_columns(self, dataset) -> list[str]:
+        return [c for c in self.columns if c in dataset.schema.names]  # a feature map may not be stored
     def tokenize_unit(self, unit: dict[str, Any]) -> dict[str, Any]:
         """One labels fragment (at the planned labels version) -> its tokens fragment."""
         import lance
 
-        fragment = lance.dataset(self.labels_uri, version=unit["version"]).get_fragment(unit["fragment"])
-        tables = []
-        for batch in fragment.to_batches(columns=self.columns, batch_size=self.cfg.batch_size):
-            tables.append(self(pa.Table.from_batches([batch])))
-            crash_point("tokens.in_unit")
-        table = pa.concat_tables(tables) if tables else self.schema.empty_table()
+        table = self._tokenize_fragment(unit["fragment"], unit["version"], point="tokens.in_unit")
         fragments = unit_store.write_unit(table, self.uri, self.schema)
         crash_point("tokens.after_write")
         return unit_store.UnitResult(unit["id"], fragments, table.num_rows).to_dict()
 
+    def _tokenize_fragment(self, fragment_id: int, version: int, *, point: str) -> pa.Table:
+        """Every row of one labels fragment, in batches of ``batch_size`` label rows."""
+        import lance
+
+        labels = lance.dataset(self.labels_uri, version=version)
+        fragment = labels.get_fragment(fragment_id)
+        tables = []
+        for batch in fragment.to_batches(columns=self._read_columns(labels), batch_size=self.cfg.batch_size):
+            tables.append(self(pa.Table.from_batches([batch])))
+            crash_point(point)
+        return pa.concat_tables(tables) if tables else self.schema.empty_table()
+
+    def add_columns(self, task: dict[str, Any]) -> dict[str, Any]:
+        """This actor's modalities as new columns of one committed tokens fragment.
+
+        The fragment's rows came from one labels fragment (its unit): those label rows are
+        tokenized again for the new modalities only, with the same batches and crops as a
+        full build, matched to the fragment's rows by (key, crop), and written as one new
+        data file of the fragment. Returns its metadata and the merged Lance schema.
+        """
+        import lance
+
+        new = self._tokenize_fragment(task["labels_fragment"], task["labels_version"], point="tokens.in_add")
+        fragment = lance.dataset(self.uri, version=task["version"]).get_fragment(task["fragment"])
+        where = {(k, c): i for i, (k, c) in enumerate(zip(new.column("key").to_pylist(), new.column("crop").to_pylist()))}
+        columns = [f.name for f in self.schema if f.name in self.specs]
+        values = new.select(columns)
+
+        def column_batch(batch: pa.RecordBatch) -> pa.RecordBatch:
+            # Stateless (Lance may call it more than once per batch): rows found by (key, crop).
+            rows = [where[(k, c)] for k, c in zip(batch.column("key").to_pylist(), batch.column("crop").to_pylist())]
+            part = values.take(pa.array(rows, type=pa.int64()))
+            return pa.RecordBatch.from_arrays([part.column(c).combine_chunks() for c in columns], schema=values.schema)
+
+        metadata, schema = fragment.merge_columns(column_batch, columns=["key", "crop"])
+        crash_point("tokens.after_add")
+        return {"fragment": json.dumps(metadata.to_json()), "schema": schema}
     def __call__(self, table: pa.Table) -> pa.Table:
-        batch = {name: store.column_to_python(table.column(name), table.schema.field(name)) for name in table.column_names}
+        from fm21.pseudolabel.specialists.feature import decode_feature_maps
+
+        batch = {name: (decode_feature_maps if name in self.feature_columns else store.column_to_python)(
+            table.column(name), table.schema.field(name)) for name in table.column_names}
         keys = batch["key"]
         size = int(np.asarray(batch["rgb"]).shape[1])
         rows: dict[str, list] = {f.name: [] for f in self.schema}
@@ -85,6 +145,9 @@ class TokenizeActor:
 
     def _modality(self, name: str, spec: ModalitySpec, batch: dict, crops: list, *, index: int, size: int) -> list:
         column = spec.label_columns[0]
+        if spec.kind == "feature_tokens":
+            maps = self._feature_maps(spec, batch, crops, index=index)
+            return list(self.image[name].encode_labels(maps).astype(np.int16))  # (B, N)
         if spec.is_image_like:
             maps = np.stack([
                 apply_crop(m, c, kind=column, out_size=spec.resolution) for m, c in zip(batch[column], crops)
@@ -100,6 +163,27 @@ class TokenizeActor:
             out.append(self._ids(text))
         return out
 
+    def _feature_maps(self, spec: ModalitySpec, batch: dict, crops: list, *, index: int) -> np.ndarray:
+        """``(B, g, g, C)`` feature maps of one crop: stored ones where labels.lance holds
+        the features of exactly this crop (crop 0, the full image, at the token grid);
+        the others computed here by the feature specialist on the rgb crop."""
+        column, grid = spec.label_columns[0], spec.label_size
+        stored = batch.get(column)
+        out: list = [None] * len(crops)
+        if index == 0 and stored is not None:
+            out = [m if m is not None and m.shape[:2] == (grid, grid) else None for m in stored]
+        todo = [i for i, m in enumerate(out) if m is None]
+        if todo:
+            specialist = self.features.get(spec.specialist)
+            if specialist is None:
+                raise ValueError(f"{spec.name}: {len(todo)} rows have no stored {column!r} feature map and specialist "
+                                 f"{spec.specialist!r} is not a feature specialist the tokens job can run")
+            rgb = np.stack([apply_crop(batch["rgb"][i], crops[i], kind="rgb", out_size=spec.resolution) for i in todo])
+            computed = specialist.features(rgb)[column]  # (b, g, g, C) in the stored dtype
+            for j, i in enumerate(todo):
+                out[i] = computed[j]
+        return np.stack(out)
+
     def _ids(self, text: str | list[str] | None) -> list[int] | None:
         if text is None:
             return None
@@ -108,9 +192,38 @@ class TokenizeActor:
         return self.text.encode(text)
 
 
-def _fingerprints(tokenizers_dir: Path, specs: dict[str, ModalitySpec]) -> dict[str, str]:
-    import json
+def _load_feature_specialists(features: dict[str, dict]) -> dict[str, Any]:
+    if not features:
+        return {}
+    from fm21.config import SpecialistConfig
+    from fm21.pseudolabel.worker import build_specialist
 
+    out = {}
+    for name, f in features.items():
+        out[name] = build_specialist(name, SpecialistConfig.model_validate(f["cfg"]), image_size=int(f["image_size"]))
+        out[name].load()
+    return out
+
+
+def feature_specialists(specs: dict[str, ModalitySpec], ctx) -> dict[str, dict]:
+    """The feature specialists the tokens job may run, configured as the pseudolabel run
+    that made labels.lance (its manifest's config), so recomputed features are the ones
+    it would have stored."""
+    from fm21.pseudolabel.specialists import SPECIALISTS
+    from fm21.pseudolabel.specialists.feature import FeatureMapSpecialist
+    from fm21.store.manifest import read_manifest
+
+    names = sorted({s.specialist for s in specs.values() if s.kind == "feature_tokens"})
+    names = [n for n in names if n in SPECIALISTS and issubclass(SPECIALISTS[n], FeatureMapSpecialist)]
+    if not names:
+        return {}
+    pseudolabel = (read_manifest(ctx.workdir.manifest("pseudolabel")) or {}).get("config", {}).get("pseudolabel", {})
+    ingest = read_manifest(ctx.workdir.manifest("ingest")) or {}
+    image_size = int(ingest.get("config", {}).get("ingest", {}).get("image_size", 0) or 0)
+    return {n: {"cfg": (pseudolabel.get("specialists") or {}).get(n, {}), "image_size": image_size} for n in names}
+
+
+def _fingerprints(tokenizers_dir: Path, specs: dict[str, ModalitySpec]) -> dict[str, str]:
     out = {}
     for name, spec in specs.items():
         if spec.kind == "pixels":
@@ -121,41 +234,121 @@ def _fingerprints(tokenizers_dir: Path, specs: dict[str, ModalitySpec]) -> dict[
 
 
 def run_tokens(cfg: TokensConfig, ctx) -> dict:
-    from fm21.store.manifest import read_manifest
-
     specs = ctx.specs
     uri, labels_uri = ctx.workdir.tokens_uri, ctx.workdir.labels_uri
     fps = _fingerprints(ctx.workdir.tokenizers_dir, specs)
-    labels_fp = (read_manifest(ctx.workdir.manifest("pseudolabel")) or {})["fingerprint"]
-    schema = token_store.tokens_schema(specs, tokenizers=fps, labels_fp=labels_fp)
-    if unit_store.exists(uri) and token_store.read_store_metadata(uri) != token_store.read_schema_metadata(schema):
-        log.info("tokens: %s was made with other tokenizers/labels/specs; rebuilding", uri)
+    labels_meta = store.store_metadata(labels_uri)
+    # The store's rows are the labels store's keys x crops: its identity is the ingest it
+    # labelled, not the pseudolabel stage fingerprint (which moves with the modality set).
+    labels_fp = labels_meta.get("ingest_fingerprint", "")
+    layout = {"num_crops": cfg.num_crops, "min_crop_scale": cfg.min_crop_scale, "val_fraction": cfg.val_fraction,
+              "seed": cfg.seed}
+    inputs = {n: fingerprint_of({"spec": dataclasses.asdict(s), "tokenizer": fps.get(n),
+                                 "labels": label_inputs(labels_meta, s)}) for n, s in specs.items()}
+    schema = token_store.tokens_schema(specs, tokenizers=fps, labels_fp=labels_fp, layout=layout, inputs=inputs)
+    added, reason = plan_store(uri, schema)
+    if reason:
+        log.info("tokens: rebuilding %s: %s", uri, reason)
         fs.remove_tree(uri)
     records = unit_store.read_records(uri)
     if unit_store.drop_if_unrecorded(uri, records):
-        records = unit_store.Records({}, {})
+        records, added = unit_store.Records({}, {}), []
     unit_store.ensure_store(uri, schema)
-    done = records.units
     labels = store.open_dataset(labels_uri)
+    if added:
+        _add_modalities(cfg, ctx, uri, added, schema=schema, records=records, labels_version=labels.version)
+    done = records.units
     # Unit = one labels fragment, read at this pinned version; fragment ids are stable
     # under Append and Merge, so the unit id names the same rows on every rerun.
     units = [{"id": f"labels-fragment-{f.fragment_id}", "fragment": f.fragment_id, "version": labels.version}
              for f in labels.get_fragments() if f"labels-fragment-{f.fragment_id}" not in done]
     counts = {"units": 0, "rows": 0, "failed": 0, "commits": 0, "nodes": 0}
     if units:
-        actors = _actors(cfg, ctx, schema=schema)
+        # Fragments are written in the store's own schema: after a column add its field
+        # order (and ids) differ from ``schema``'s.
+        actors = _actors(cfg, ctx, schema=store.open_dataset(uri).schema, specs=specs)
         try:
             counts = unit_store.run_units(actors, lambda a, u: a.tokenize_unit.remote(u), units, uri=uri,
                                           units_per_commit=cfg.units_per_commit, stage="tokens")
         finally:
             _release(actors)
     return {**_summary(uri, num_new=counts["rows"] // max(cfg.num_crops, 1)), "new_units": counts["units"],
-            "commits": counts["commits"], "nodes": counts["nodes"]}
+            "commits": counts["commits"], "nodes": counts["nodes"], "added_modalities": added,
+            "rebuilt": reason}
 
 
-def _actors(cfg: TokensConfig, ctx, *, schema: pa.Schema) -> list:
-    import dataclasses
+def plan_store(uri, schema: pa.Schema) -> tuple[list[str], str | None]:
+    """What an existing store needs to become ``schema``'s: the modalities to add as
+    columns, or the reason to rebuild it whole (None: keep it)."""
+    if not unit_store.exists(uri):
+        return [], None
+    have = token_store.read_store_metadata(uri)
+    want = token_store.read_schema_metadata(schema)
+    columns = set(store.open_dataset(uri).schema.names)
+    if have["labels_fingerprint"] != want["labels_fingerprint"]:
+        return [], "made from other labels (ingest fingerprint)"
+    if have["layout"] != want["layout"]:
+        return [], f"crop layout {have['layout']} != {want['layout']}"
+    removed = [n for n in have["specs"] if n not in want["specs"]]
+    if removed:
+        return [], f"modalities removed: {removed}"
+    changed = [n for n in have["specs"] if have["inputs"].get(n) != want["inputs"][n] or n not in columns]
+    if changed:
+        return [], f"inputs changed (spec, tokenizer or labels): {changed}"
+    added = [n for n in want["specs"] if n not in have["specs"]]
+    if any(n in columns for n in added):
+        return [], f"columns {[n for n in added if n in columns]} exist without their specs"
+    return added, None
 
+
+def _add_modalities(cfg: TokensConfig, ctx, uri, added: list[str], *, schema: pa.Schema,
+                    records: unit_store.Records, labels_version: int) -> None:
+    """The columns of ``added`` for every committed fragment, committed as one Merge whose
+    schema carries ``schema``'s metadata (all specs and fingerprints): a kill before the
+    commit leaves the store as it was (the files written become orphans), after it the
+    store is complete."""
+    import lance
+    from lance.fragment import FragmentMetadata
+    from ray.util import ActorPool
+
+    ds = store.open_dataset(uri)
+    metadata = {k.decode(): v.decode() for k, v in schema.metadata.items()}
+    fragments = ds.get_fragments()
+    if not fragments:  # nothing tokenized yet: start the store over with the full schema
+        lance.write_dataset(schema.empty_table(), str(uri), schema=schema, mode="overwrite")
+        return
+    unit_of = records.unit_of_file()
+    tasks = [{"fragment": f.fragment_id, "version": ds.version, "labels_version": labels_version,
+              "labels_fragment": int(unit_of[f.data_files()[0].path].rsplit("-", 1)[1])} for f in fragments]
+    specs = {n: ctx.specs[n] for n in added}
+    add_schema = pa.schema([schema.field(n) for n in ("key", "crop", "split", *added)])
+    actors = _actors(cfg, ctx, schema=add_schema, specs=specs)
+    try:
+        results = list(ActorPool(actors).map_unordered(lambda a, t: a.add_columns.remote(t), tasks))
+    finally:
+        _release(actors)
+    merged = sorted((FragmentMetadata.from_json(r["fragment"]) for r in results), key=lambda f: f.id)
+    op = lance.LanceOperation.Merge(merged, _with_metadata(results[0]["schema"], metadata))
+    crash_point("tokens.add_commit")
+    lance.LanceDataset.commit(str(uri), lance.Transaction(ds.version, op,
+                                                          transaction_properties={PROP_ADDED: json.dumps(added)}))
+    log.info("tokens: added columns %s to %d fragments", added, len(merged))
+
+
+def _with_metadata(schema, metadata: dict[str, str]):
+    """The merged Lance schema with the store's new schema metadata. ``from_pyarrow``
+    numbers fields in order; checked against the merged schema's field ids, which the
+    data files refer to (a store whose columns were dropped would not match)."""
+    from lance.schema import LanceSchema
+
+    out = LanceSchema.from_pyarrow(schema.to_pyarrow().with_metadata(metadata))
+    ids = [(f.name(), f.id()) for f in schema.fields()]
+    if [(f.name(), f.id()) for f in out.fields()] != ids:
+        raise RuntimeError(f"tokens: cannot carry schema metadata over field ids {ids}")
+    return out
+
+
+def _actors(cfg: TokensConfig, ctx, *, schema: pa.Schema, specs: dict[str, ModalitySpec]) -> list:
     import ray
 
     from fm21.faults import arm, worker_env
@@ -166,9 +359,10 @@ def _actors(cfg: TokensConfig, ctx, *, schema: pa.Schema) -> list:
     env = worker_env()
     options = {"num_cpus": cfg.num_cpus, "num_gpus": cfg.num_gpus, **({"runtime_env": {"env_vars": env}} if env else {})}
     remote = ray.remote(TokenizeActor).options(**options)
-    specs = {n: dataclasses.asdict(s) for n, s in ctx.specs.items()}
-    return [remote.remote(specs, str(ctx.workdir.tokenizers_dir), cfg.model_dump(), schema,
-                          labels_uri=str(ctx.workdir.labels_uri), uri=str(ctx.workdir.tokens_uri))
+    features = feature_specialists(specs, ctx)
+    payload = {n: dataclasses.asdict(s) for n, s in specs.items()}
+    return [remote.remote(payload, str(ctx.workdir.tokenizers_dir), cfg.model_dump(), schema,
+                          labels_uri=str(ctx.workdir.labels_uri), uri=str(ctx.workdir.tokens_uri), features=features)
             for _ in range(cfg.concurrency)]
 
 

@@ -53,6 +53,14 @@ def _grey(x: np.ndarray) -> np.ndarray:
     return np.repeat(np.asarray(x).astype(np.uint8)[..., None], 3, axis=-1)
 
 
+def _feature(x: np.ndarray) -> np.ndarray:
+    x = np.asarray(x, dtype=np.float64)[..., :3]  # (B, g, g, C): the first three channels
+    lo = x.min(axis=(1, 2, 3), keepdims=True)
+    hi = x.max(axis=(1, 2, 3), keepdims=True)
+    out = ((x - lo) / np.maximum(hi - lo, 1e-6) * 255).round().astype(np.uint8)
+    return np.concatenate([out, np.zeros((*out.shape[:3], 3 - out.shape[3]), np.uint8)], axis=-1)
+
+
 COLORIZERS: dict[str, Callable[[np.ndarray], np.ndarray]] = {
     "rgb": lambda x: np.asarray(x).astype(np.uint8),
     "depth": _depth,
@@ -60,6 +68,7 @@ COLORIZERS: dict[str, Callable[[np.ndarray], np.ndarray]] = {
     "semseg": _semseg,
     "canny_edge": _grey,
     "sam_edge": _grey,
+    "feature": _feature,
 }
 
 

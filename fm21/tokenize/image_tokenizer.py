@@ -50,14 +50,17 @@ class TokenizerConfig:
 
     @classmethod
     def from_spec(cls, spec: ModalitySpec, cfg: VQTokenizerConfig) -> TokenizerConfig:
-        if not spec.label_columns or spec.label_columns[0] not in PREPROCESSORS:
+        # A feature map is already at the token grid: the tokenizer reads it at patch 1.
+        feature = spec.kind == "feature_tokens"
+        preprocess = "feature" if feature else (spec.label_columns[0] if spec.label_columns else None)
+        if preprocess not in PREPROCESSORS:
             raise ValueError(f"{spec.name}: no preprocessor for label columns {spec.label_columns}")
         return cls(
             family=cfg.family,
             modality=spec.name,
-            preprocess=spec.label_columns[0],
-            resolution=int(spec.resolution),
-            patch_size=int(spec.patch_size),
+            preprocess=preprocess,
+            resolution=int(spec.label_size),
+            patch_size=1 if feature else int(spec.patch_size),
             vocab_size=int(spec.vocab_size),
             num_channels=int(spec.num_channels),
             latent_dim=cfg.latent_dim,

@@ -203,6 +203,26 @@ def _f1(tp_pred: float, tp_true: float, num_pred: float, num_true: float) -> tup
     return 2 * precision * recall / max(precision + recall, 1e-12), precision, recall
 
 
+@dataclass(frozen=True)
+class FeaturePreprocessor(Preprocessor):
+    """Patch feature maps of a frozen network (CLIP, DINOv2, ImageBind), ``(B, g, g, C)``
+    at the token grid, taken as they come (fp16 in the store -> float32). ``channels`` 0:
+    the tokenizer takes the spec's ``num_channels``. Reconstruction is scored by MSE and
+    the mean cosine similarity of the feature vectors."""
+
+    def to_model(self, labels: np.ndarray) -> torch.Tensor:
+        return _as_float(labels).permute(0, 3, 1, 2).contiguous()  # (B, C, g, g)
+
+    def from_model(self, out: torch.Tensor) -> np.ndarray:
+        return out.detach().float().permute(0, 2, 3, 1).numpy()  # (B, g, g, C)
+
+    def metrics(self, pred: np.ndarray, true: np.ndarray) -> dict[str, float]:
+        p, t = pred.astype(np.float64), np.asarray(true, dtype=np.float64)
+        dot = np.sum(p * t, axis=-1)
+        norms = np.linalg.norm(p, axis=-1) * np.linalg.norm(t, axis=-1)
+        return {"mse": float(np.mean((p - t) ** 2)), "cosine": float(np.mean(dot / np.maximum(norms, 1e-12)))}
+
+
 # Keyed by the label column a tokenizer reads (``ModalitySpec.label_columns[0]``).
 PREPROCESSORS: dict[str, Preprocessor] = {
     "rgb": Preprocessor(name="rgb", channels=3),
@@ -211,4 +231,6 @@ PREPROCESSORS: dict[str, Preprocessor] = {
     "semseg": SemsegPreprocessor(name="semseg", channels=1),
     "canny_edge": EdgePreprocessor(name="canny_edge", channels=1),
     "sam_edge": EdgePreprocessor(name="sam_edge", channels=1),
+    # feature_tokens modalities, whatever their column (clip, dinov2, ...): see from_spec
+    "feature": FeaturePreprocessor(name="feature", channels=0),
 }

@@ -6,23 +6,39 @@ the CPUs/GPUs of ``tokenizers.num_cpus``/``num_gpus``: the worker reads its labe
 from labels.lance and writes its checkpoint folder itself; the driver only plans (the
 sampled keys) and gathers the small reports. All sequence modalities share one
 WordPiece tokenizer (``tokenizers/text/``) learned on their serialisations.
+
+A tokenizer is trained only when its inputs changed: each folder records the fingerprint
+of what it was trained from (``inputs.json``: spec, training config, seed, sampled keys,
+the provenance of the labels it read), and a folder whose record matches is reused. So
+enabling one more modality trains only that modality's tokenizer; the others keep their
+checkpoints (and fingerprints), and tokens.lance can add the one column
+(``fm21.tokenize.apply``).
+
+A feature-map modality (``feature_tokens``) trains on the rows that hold a stored feature
+map: with ``pseudolabel.feature_maps.store: sample`` only the feature sample does.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import json
 import logging
+from pathlib import Path
 
 import numpy as np
 
+import fm21
 from fm21.config import TokenizersConfig, VQTokenizerConfig
 from fm21.store import labels as store
+from fm21.store.manifest import fingerprint_of
 from fm21.tokenize.crops import Crop, apply_crop
 from fm21.tokenize.sequences import corpus_of
 
 log = logging.getLogger("fm21")
 
 TEXT_DIR = "text"
+INPUTS_FILE = "inputs.json"  # {"fingerprint": what the folder was trained from, "report": its summary}
 
 
 def sample_keys(uri, num: int, *, seed: int) -> list[str]:
@@ -31,16 +47,59 @@ def sample_keys(uri, num: int, *, seed: int) -> list[str]:
     return sorted(rng.choice(keys, size=min(num, len(keys)), replace=False).tolist())
 
 
-def training_maps(uri, column: str, keys: list[str], *, out_size: int) -> np.ndarray:
-    """Label maps of ``keys`` at the tokenizer's resolution (crop 0: the full image)."""
-    maps = store.read_maps(uri, [column], keys=keys)[column]  # (B, S, S[, C])
-    size = maps.shape[1]
+def stored_keys(uri, column: str, num: int, *, seed: int) -> list[str]:
+    """Like :func:`sample_keys`, among the rows whose ``column`` is stored (not null)."""
+    ds = store.open_dataset(uri)
+    keys = sorted(ds.to_table(columns=["key"], filter=f"{column} IS NOT NULL").column("key").to_pylist())
+    if not keys:
+        raise ValueError(f"{uri}: no row stores {column!r}; a feature-map tokenizer trains on stored feature "
+                         "maps (set pseudolabel.feature_maps.store to sample or all)")
+    rng = np.random.default_rng(seed)
+    return sorted(rng.choice(keys, size=min(num, len(keys)), replace=False).tolist())
+
+
+def label_inputs(labels_meta: dict, spec) -> dict:
+    """What a modality's labels are made from: the ingest and its specialist's provenance."""
+    return {"ingest": labels_meta.get("ingest_fingerprint"),
+            "specialist": (labels_meta.get("specialists") or {}).get(spec.specialist)}
+
+
+def _keys_digest(keys: list[str]) -> str:
+    return hashlib.sha256("\n".join(keys).encode()).hexdigest()[:16]
+
+
+def _reusable(folder: Path, fingerprint: str) -> dict | None:
+    """The recorded report of a tokenizer folder trained from exactly these inputs."""
+    try:
+        record = json.loads((folder / INPUTS_FILE).read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        return None
+    return record["report"] if record.get("fingerprint") == fingerprint else None
+
+
+def _record(folder: Path, fingerprint: str, report: dict) -> None:
+    """Written last: a folder killed while training has no (or a stale-removed) record."""
+    (folder / INPUTS_FILE).write_text(json.dumps({"fingerprint": fingerprint, "report": report}, indent=2) + "\n")
+
+
+def training_maps(uri, column: str, keys: list[str], *, out_size: int, feature: bool = False) -> np.ndarray:
+    """Label maps of ``keys`` at the tokenizer's resolution (crop 0: the full image);
+    ``feature``: patch feature maps, at the token grid."""
+    if feature:
+        from fm21.pseudolabel.specialists.feature import decode_feature_maps
+
+        quoted = ", ".join("'" + k.replace("'", "''") + "'" for k in keys)
+        table = store.open_dataset(uri).to_table(columns=[column], filter=f"key IN ({quoted})")
+        maps = decode_feature_maps(table.column(column), table.schema.field(column))  # (g, g, C) each
+    else:
+        maps = store.read_maps(uri, [column], keys=keys)[column]  # (B, S, S[, C])
+    size = maps[0].shape[0]
     full = Crop(0, 0, size, size, False)
     return np.stack([apply_crop(m, full, kind=column, out_size=out_size) for m in maps])
 
 
 def _train_image(name: str, spec, vcfg: VQTokenizerConfig, uri, keys: list[str], out_dir, seed: int,
-                 threads: int) -> dict:
+                 threads: int, inputs_fp: str = "") -> dict:
     """One tokenizer, start to finish, on a worker: read maps, train, save, report."""
     import torch
 
@@ -48,25 +107,29 @@ def _train_image(name: str, spec, vcfg: VQTokenizerConfig, uri, keys: list[str],
     from fm21.tokenize.train_vq import save_recon_grid, train_vq_tokenizer
 
     torch.set_num_threads(threads)
-    maps = training_maps(uri, spec.label_columns[0], keys, out_size=spec.resolution)
+    maps = training_maps(uri, spec.label_columns[0], keys, out_size=spec.label_size,
+                         feature=spec.kind == "feature_tokens")
     num_val = max(8, len(maps) // 10)
     train, val = maps[num_val:], maps[:num_val]
     tok, metrics = train_vq_tokenizer(spec, vcfg, train, val, seed=seed)
     fp = save_tokenizer(tok, out_dir / name, metrics=metrics)
     save_recon_grid(tok, val, out_dir / name / "recon.png")
     log.info("tokenizers: %s trained (%s) %s", name, fp, {k: v for k, v in metrics.items() if k != "train"})
-    return {"fingerprint": fp, **{k: v for k, v in metrics.items() if isinstance(v, (int, float))}}
+    report = {"fingerprint": fp, **{k: v for k, v in metrics.items() if isinstance(v, (int, float))}}
+    if inputs_fp:
+        _record(out_dir / name, inputs_fp, report)
+    return report
 
 
 def run_tokenizers(cfg: TokenizersConfig, ctx) -> dict:
+    import ray
+
+    from fm21.ray_runtime import ensure_ray
     from fm21.tokenize.text import train_text_tokenizer
 
     uri = ctx.workdir.labels_uri
     out_dir = ctx.workdir.tokenizers_dir
-    import ray
-
-    from fm21.ray_runtime import ensure_ray
-
+    labels_meta = store.store_metadata(uri)
     keys = sample_keys(uri, cfg.train_samples, seed=cfg.seed)
     names = [n for n, s in ctx.specs.items() if s.kind != "pixels" and s.is_image_like]
     # Submitted in the order of ``tokenizers.image`` (then the rest): list the longest
@@ -74,27 +137,56 @@ def run_tokenizers(cfg: TokenizersConfig, ctx) -> dict:
     order = list(cfg.image)
     names.sort(key=lambda n: order.index(n) if n in order else len(order))
     report: dict[str, dict] = {}
-    if names:
+    reused: list[str] = []
+    jobs: dict[str, tuple] = {}
+    for name in names:
+        spec, vcfg = ctx.specs[name], cfg.image.get(name, VQTokenizerConfig())
+        train_keys = (stored_keys(uri, spec.label_columns[0], cfg.train_samples, seed=cfg.seed)
+                      if spec.kind == "feature_tokens" else keys)
+        fp = fingerprint_of({"spec": dataclasses.asdict(spec), "config": vcfg.model_dump(mode="json"),
+                             "seed": cfg.seed, "keys": _keys_digest(train_keys),
+                             "labels": label_inputs(labels_meta, spec), "fm21": fm21.__version__})
+        if (hit := _reusable(out_dir / name, fp)) is not None:
+            report[name] = hit
+            reused.append(name)
+        else:
+            (out_dir / name / INPUTS_FILE).unlink(missing_ok=True)
+            jobs[name] = (spec, vcfg, train_keys, fp)
+    if jobs:
         ensure_ray(ctx.ray)
         task = ray.remote(_train_image).options(num_cpus=cfg.num_cpus, num_gpus=cfg.num_gpus)
         threads = max(1, int(cfg.num_cpus))
-        futures = {n: task.remote(n, ctx.specs[n], cfg.image.get(n, VQTokenizerConfig()), str(uri), keys,
-                                  out_dir, cfg.seed, threads) for n in names}
+        futures = {n: task.remote(n, spec, vcfg, str(uri), tkeys, out_dir, cfg.seed, threads, fp)
+                   for n, (spec, vcfg, tkeys, fp) in jobs.items()}
     sequences = [n for n, s in ctx.specs.items() if s.kind == "sequence"]
     if sequences:
         columns = sorted({c for n in sequences for c in ctx.specs[n].label_columns})
         ds = store.open_dataset(uri)
-        rows = ds.to_table(columns=columns).to_pylist()
-        size = store.field_shape(ds.schema.field("rgb"))[0]
-        corpus = corpus_of(rows, sequences, size=size, seed=cfg.seed)
-        vocab = ctx.specs[sequences[0]].vocab_size
-        text = train_text_tokenizer(corpus, vocab_size=vocab, min_frequency=cfg.text.min_frequency)
-        fp = text.save(out_dir / TEXT_DIR)
-        report[TEXT_DIR] = {"fingerprint": fp, "vocab_size": text.vocab_size, "corpus_strings": len(corpus),
-                            "modalities": sequences}
-    if names:  # the text tokenizer trained on the driver meanwhile
+        fp = fingerprint_of({"specs": {n: dataclasses.asdict(ctx.specs[n]) for n in sequences},
+                             "config": cfg.text.model_dump(mode="json"), "seed": cfg.seed, "rows": ds.count_rows(),
+                             "labels": {n: label_inputs(labels_meta, ctx.specs[n]) for n in sequences},
+                             "fm21": fm21.__version__})
+        if (hit := _reusable(out_dir / TEXT_DIR, fp)) is not None:
+            report[TEXT_DIR] = hit
+            reused.append(TEXT_DIR)
+        else:
+            (out_dir / TEXT_DIR / INPUTS_FILE).unlink(missing_ok=True)
+            rows = ds.to_table(columns=columns).to_pylist()
+            size = store.field_shape(ds.schema.field("rgb"))[0]
+            corpus = corpus_of(rows, sequences, size=size, seed=cfg.seed)
+            vocab = ctx.specs[sequences[0]].vocab_size
+            text = train_text_tokenizer(corpus, vocab_size=vocab, min_frequency=cfg.text.min_frequency)
+            text_fp = text.save(out_dir / TEXT_DIR)
+            report[TEXT_DIR] = {"fingerprint": text_fp, "vocab_size": text.vocab_size,
+                                "corpus_strings": len(corpus), "modalities": sequences}
+            _record(out_dir / TEXT_DIR, fp, report[TEXT_DIR])
+    if jobs:  # the text tokenizer trained on the driver meanwhile
         report.update(zip(futures, ray.get(list(futures.values()))))
-        for name in names:
+        for name in jobs:
             log.info("tokenizers: %s %s", name, report[name])
+    if reused:
+        log.info("tokenizers: reused %s (inputs unchanged)", reused)
+    report = {n: report[n] for n in [*names, TEXT_DIR] if n in report}
     (out_dir / "summary.json").write_text(json.dumps(report, indent=2))
-    return {"tokenizers": {n: r["fingerprint"] for n, r in report.items()}, "train_samples": len(keys)}
+    return {"tokenizers": {n: r["fingerprint"] for n, r in report.items()}, "train_samples": len(keys),
+            "trained": [n for n in report if n not in reused], "reused": reused}

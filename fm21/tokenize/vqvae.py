@@ -49,9 +49,10 @@ def level_widths(hidden_dim: int, num_stages: int) -> list[int]:
 
 
 def _num_stages(patch_size: int) -> int:
+    """Stride-2 levels; 0 for patch_size 1 (a feature map: one token per input vector)."""
     stages = int(math.log2(patch_size))
-    if 2**stages != patch_size or stages < 1:
-        raise ValueError(f"conv trunk needs a power-of-two patch_size >= 2, got {patch_size}")
+    if 2**stages != patch_size or stages < 0:
+        raise ValueError(f"conv trunk needs a power-of-two patch_size, got {patch_size}")
     return stages
 
 
@@ -67,6 +68,10 @@ class ConvEncoder(nn.Module):
     def __init__(self, in_channels: int, cfg: TokenizerConfig) -> None:
         super().__init__()
         widths = level_widths(cfg.hidden_dim, _num_stages(cfg.patch_size))
+        if not widths:  # patch_size 1: a 1x1 stem, then residual blocks at the grid
+            self.net = nn.Sequential(nn.Conv2d(in_channels, cfg.hidden_dim, 1),
+                                     *(ResBlock(cfg.hidden_dim) for _ in range(cfg.num_layers)))
+            return
         # 2x2 patchify stem: a quarter of the cost of a 4x4 stride-2 conv at full resolution
         layers: list[nn.Module] = [nn.Conv2d(in_channels, widths[0], 2, stride=2)]
         for i, w in enumerate(widths):
@@ -84,9 +89,11 @@ class ConvDecoder(nn.Module):
 
     def __init__(self, out_channels: int, cfg: TokenizerConfig) -> None:
         super().__init__()
-        widths = level_widths(cfg.hidden_dim, _num_stages(cfg.patch_size))
+        widths = level_widths(cfg.hidden_dim, _num_stages(cfg.patch_size)) or [cfg.hidden_dim]
         layers: list[nn.Module] = []
-        for i in reversed(range(len(widths))):  # coarse to fine
+        if cfg.patch_size == 1:  # mirrors the encoder: residual blocks at the grid, no upsampling
+            layers += [ResBlock(cfg.hidden_dim) for _ in range(cfg.num_layers)]
+        for i in reversed(range(len(widths)) if cfg.patch_size > 1 else ()):  # coarse to fine
             w = widths[i]
             layers += [ResBlock(w) for _ in range(_num_blocks(i, len(widths), cfg.num_layers))]
             nxt = widths[i - 1] if i > 0 else w
@@ -128,8 +135,9 @@ class VQVAE(ImageTokenizer):
         super().__init__(config)
         cfg = config
         categorical = self.preprocessor.categorical
-        in_ch = cfg.class_embed_dim if categorical else self.preprocessor.channels
-        out_ch = cfg.num_channels if categorical else self.preprocessor.channels
+        channels = self.preprocessor.channels or cfg.num_channels  # 0: as many as the spec says
+        in_ch = cfg.class_embed_dim if categorical else channels
+        out_ch = cfg.num_channels if categorical else channels
         # semseg: a learned class embedding replaces one-hot input (REFERENCE §2)
         self.class_embed = nn.Embedding(cfg.num_channels, in_ch) if categorical else None
         make_encoder, make_decoder = TRUNKS[cfg.trunk]

@@ -41,10 +41,25 @@ def test_registry_tokenizers_are_covered() -> None:
     names = {s.name for s in IMAGE_TOKEN_SPECS}
     dense = {"tok_rgb", "tok_depth", "tok_normal", "tok_semseg", "tok_canny_edge", "tok_sam_edge"}
     assert dense <= names
-    assert set(DECODED) == set(PREPROCESSORS)
+    assert set(DECODED) == set(PREPROCESSORS) - {"feature"}  # feature maps: test below
     assert TOKENIZER_FAMILIES["vqvae"] is VQVAE
     with pytest.raises(ValueError, match="not built"):
         build_tokenizer(dataclasses.replace(_tiny(IMAGE_TOKEN_SPECS[0]), family="divae"))
+
+
+@pytest.mark.parametrize("spec", [s for s in MODALITIES.values() if s.kind == "feature_tokens"],
+                         ids=lambda s: s.name)
+def test_feature_map_tokenizers_read_the_token_grid_at_patch_1(spec: ModalitySpec) -> None:
+    """CLIP/DINOv2/ImageBind-style feature maps (g, g, C): one token per feature vector."""
+    torch.manual_seed(0)
+    small = spec.at(resolution=32, patch_size=8, vocab_size=64)
+    cfg = TokenizerConfig.from_spec(small, TINY)
+    assert (cfg.preprocess, cfg.resolution, cfg.patch_size) == ("feature", 4, 1) and small.label_size == 4
+    tok = build_tokenizer(cfg).eval()
+    feats = np.random.default_rng(0).normal(size=(2, 4, 4, spec.num_channels)).astype(np.float16)
+    ids = tok.encode_labels(feats)
+    assert ids.shape == (2, 16) and ids.dtype == np.int16
+    assert tok.decode_labels(ids).shape == (2, 4, 4, spec.num_channels)
 
 
 @pytest.mark.parametrize("spec", IMAGE_TOKEN_SPECS, ids=lambda s: s.name)

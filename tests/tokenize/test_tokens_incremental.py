@@ -1,0 +1,139 @@
+"""Enabling a modality on an existing build: only its tokenizer is trained and only its
+column is added to tokens.lance (one new data file per fragment, one Merge), equal to a
+from-scratch build; a kill -9 during the add, then a rerun, gives the same store."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import lance
+import pyarrow as pa
+import pytest
+
+from fm21.config import load_config
+from fm21.stages import run_stage
+from fm21.store.layout import Workdir
+from fm21.store.tokens import read_store_metadata
+from fm21.store.units import orphan_files
+
+ROOT = Path(__file__).resolve().parents[2]
+# 4 shards of 8 samples = 4 labels fragments = 4 tokens units, 2 crops per sample.
+SETS = ["ingest.synthetic.num_samples=32", "ingest.samples_per_shard=8", "tokens.units_per_commit=2",
+        "tokens.num_crops=2"]
+ALL = ["rgb", "tok_rgb", "caption", "tok_depth", "tok_canny_edge"]  # a few, to keep the test short
+NEW = "tok_canny_edge"  # its specialist is enabled either way: labels.lance already has the column
+WITHOUT = [f"modalities.enabled=[{','.join(n for n in ALL if n != NEW)}]"]
+WITH = [f"modalities.enabled=[{','.join(ALL)}]"]
+
+
+def _config(work: Path, *extra: str):
+    return load_config(ROOT / "flows.yaml", recipe=ROOT / "configs" / "tiny.yaml",
+                       overrides=[f"workdir={work}", *SETS, *extra])
+
+
+def _data_files(uri) -> dict[int, list[str]]:
+    return {f.fragment_id: [d.path for d in f.data_files()] for f in lance.dataset(str(uri)).get_fragments()}
+
+
+def _sorted(uri) -> pa.Table:
+    return lance.dataset(str(uri)).to_table().sort_by([("key", "ascending"), ("crop", "ascending")])
+
+
+def _copy(src: Workdir, work: Path, stages: list[str], *, tokenizers_from: Workdir | None = None) -> Workdir:
+    for stage in stages:
+        shutil.copytree(src.stage_dir(stage), work / stage)
+    if tokenizers_from is not None:
+        shutil.copytree(tokenizers_from.stage_dir("tokenizers"), work / "tokenizers")
+    return Workdir(work)
+
+
+@pytest.fixture(scope="module")
+def base(tmp_path_factory, ray_local) -> Workdir:
+    """A whole build without tok_canny_edge."""
+    work = tmp_path_factory.mktemp("base") / "work"
+    for stage in ("ingest", "pseudolabel", "tokenizers", "tokens"):
+        run_stage(_config(work, *WITHOUT), stage)
+    return Workdir(work)
+
+
+@pytest.fixture(scope="module")
+def added(base, tmp_path_factory) -> tuple[Workdir, dict, dict, dict]:
+    """The base build with tok_canny_edge enabled: pseudolabel, tokenizers, tokens rerun."""
+    wd = _copy(base, tmp_path_factory.mktemp("added") / "work", ["ingest", "pseudolabel", "tokenizers", "tokens"])
+    before = {"files": _data_files(wd.tokens_uri), "table": _sorted(wd.tokens_uri),
+              "weights": {p.parent.name: p.stat().st_mtime_ns for p in wd.tokenizers_dir.glob("*/*.safetensors")}}
+    run_stage(_config(wd.root, *WITH), "pseudolabel")
+    tokenizers = run_stage(_config(wd.root, *WITH), "tokenizers")
+    tokens = run_stage(_config(wd.root, *WITH), "tokens")
+    return wd, before, tokenizers["counts"], tokens["counts"]
+
+
+@pytest.fixture(scope="module")
+def scratch(added, tmp_path_factory) -> Workdir:
+    """tokens.lance built from scratch with the same labels and tokenizers."""
+    wd = _copy(added[0], tmp_path_factory.mktemp("scratch") / "work", ["ingest", "pseudolabel", "tokenizers"])
+    run_stage(_config(wd.root, *WITH), "tokens")
+    return wd
+
+
+def test_only_the_new_modality_tokenizer_is_trained(added):
+    wd, before, tokenizers, _ = added
+    assert tokenizers["trained"] == [NEW]
+    assert sorted(tokenizers["reused"]) == sorted([n for n in ALL if n.startswith("tok_") and n != NEW] + ["text"])
+    after = {p.parent.name: p.stat().st_mtime_ns for p in wd.tokenizers_dir.glob("*/*.safetensors")}
+    assert {n: after[n] for n in before["weights"]} == before["weights"]  # checkpoints not rewritten
+
+
+def test_the_new_column_is_added_without_rewriting_the_others(added, scratch):
+    wd, before, _, tokens = added
+    assert tokens["added_modalities"] == [NEW] and tokens["rebuilt"] is None and tokens["new_units"] == 0
+    files = _data_files(wd.tokens_uri)
+    assert files.keys() == before["files"].keys() and len(files) == 4
+    for fragment, old in before["files"].items():  # same paths, one more file each
+        assert files[fragment][:len(old)] == old and len(files[fragment]) == len(old) + 1
+    got = _sorted(wd.tokens_uri)
+    assert got.select(before["table"].column_names).equals(before["table"])  # other columns unchanged
+    want = _sorted(scratch.tokens_uri)
+    assert sorted(got.column_names) == sorted(want.column_names) and got.num_rows == want.num_rows == 64
+    assert got.select(want.column_names).equals(want)  # every column equals the from-scratch build
+    assert read_store_metadata(wd.tokens_uri) == read_store_metadata(scratch.tokens_uri)  # specs, fingerprints
+    assert not orphan_files(wd.tokens_uri)
+
+
+def _killed_tokens_run(work: Path, crash_at: str, tmp: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_ADDRESS", "FM21_"))}
+    env.update(FM21_CRASH_AT=crash_at, FM21_CRASH_DIR=str(tmp / "hits"), OMP_NUM_THREADS="1")
+    cmd = [sys.executable, "-m", "fm21.cli", "--config", str(ROOT / "flows.yaml"),
+           "--recipe", str(ROOT / "configs" / "tiny.yaml"), "--set", f"workdir={work}",
+           *(a for s in [*SETS, *WITH] for a in ("--set", s)), "stage", "tokens"]
+    proc = subprocess.run(cmd, env=env, cwd=ROOT, start_new_session=True, capture_output=True, timeout=300)
+    assert proc.returncode == -9, proc.stderr.decode()[-3000:]
+
+
+@pytest.mark.parametrize("crash_at", [
+    "tokens.in_add:3",  # inside the add, after two fragments tokenized (one batch each)
+    "tokens.add_commit:1",  # every fragment's column written, the Merge not committed
+])
+def test_killed_column_add_resumes_to_the_same_store(base, added, tmp_path, crash_at):
+    wd = _copy(base, tmp_path / "work", ["ingest", "pseudolabel", "tokens"], tokenizers_from=added[0])
+    files = _data_files(wd.tokens_uri)
+    _killed_tokens_run(wd.root, crash_at, tmp_path)
+    assert _data_files(wd.tokens_uri) == files and NEW not in lance.dataset(str(wd.tokens_uri)).schema.names
+    if crash_at.startswith("tokens.add_commit"):
+        assert len(orphan_files(wd.tokens_uri)) == 4  # written, never committed, never counted
+    counts = run_stage(_config(wd.root, *WITH), "tokens")["counts"]
+    assert counts["added_modalities"] == [NEW] and counts["new_units"] == 0
+    got, want = _sorted(wd.tokens_uri), _sorted(added[0].tokens_uri)
+    assert got.select(want.column_names).equals(want)
+    assert read_store_metadata(wd.tokens_uri) == read_store_metadata(added[0].tokens_uri)
+
+
+def test_removing_a_modality_rebuilds(added, tmp_path):
+    wd = _copy(added[0], tmp_path / "work", ["ingest", "pseudolabel", "tokenizers", "tokens"])
+    counts = run_stage(_config(wd.root, *WITHOUT), "tokens")["counts"]
+    assert "modalities removed" in counts["rebuilt"] and counts["new_units"] == 4
+    assert NEW not in lance.dataset(str(wd.tokens_uri)).schema.names
