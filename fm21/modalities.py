@@ -1,7 +1,7 @@
 """THE modality registry of fm21: one frozen ``ModalitySpec`` per 4M-21 modality.
 
 This is the only file that lists every modality (an explicit dict literal, no import
-side effects). Numbers follow REFERENCE_4M21.md §2 at real scale (224 px). A run at
+side effects). Numbers follow apple/ml-4m `fourm/data/modality_info.py` at real scale (224 px). A run at
 another scale (the tiny recipe: 64 px, patch 8, small vocabularies) derives its own
 specs with :func:`resolve_specs` / :meth:`ModalitySpec.at`; the registry itself is
 never mutated.
@@ -88,7 +88,7 @@ class ModalitySpec:
 
     @property
     def seq_tensor_len(self) -> int | None:
-        """Length of a span-masked sequence tensor: (max_seq_len + 1) * 2 (REFERENCE §3.8)."""
+        """Length of a span-masked sequence tensor: (max_seq_len + 1) * 2 (apple/ml-4m `fourm/data/masking.py`)."""
         if not self.is_sequence:
             return None
         return (self.max_seq_len + 1) * 2
@@ -139,7 +139,7 @@ def _seq(name: str, **kw) -> ModalitySpec:
     return ModalitySpec(name=name, **kw)
 
 
-# The 19 domain keys of 4M-21 (REFERENCE_4M21.md §2). Keys are the bare names: the
+# The 19 domain keys of 4M-21 (apple/ml-4m `fourm/data/modality_info.py`). Keys are the bare names: the
 # resolution is a field, not an ``@224`` suffix.
 MODALITIES: Mapping[str, ModalitySpec] = {
     "rgb": _img(

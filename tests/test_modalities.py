@@ -17,7 +17,7 @@ EXPECTED_KEYS = {
     "tok_clip", "tok_dinov2", "tok_dinov2_global", "tok_imagebind", "tok_imagebind_global",
     "tok_canny_edge", "tok_sam_edge", "sam_instance", "human_poses", "color_palette", "metadata",
 }
-# REFERENCE_4M21.md §2 and the appendix checklist, at 224 px.
+# apple/ml-4m `fourm/data/modality_info.py` and the 4M-21 paper (arXiv 2406.09406), at 224 px.
 REFERENCE_TOKENS = {
     "rgb": 196, "tok_rgb": 196, "tok_depth": 196, "tok_normal": 196, "tok_semseg": 196, "tok_clip": 196,
     "tok_dinov2": 256, "tok_imagebind": 256, "tok_dinov2_global": 16, "tok_imagebind_global": 16,

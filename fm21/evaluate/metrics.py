@@ -14,7 +14,7 @@ import numpy as np
 def align_depth(pred: np.ndarray, true: np.ndarray) -> np.ndarray:
     """Per-image least-squares scale and shift of ``pred`` onto ``true``.
 
-    The depth tokenizer works on robustly standardised depth (REFERENCE §2), so its
+    The depth tokenizer works on robustly standardised depth (apple/ml-4m `fourm/data/modality_info.py`), so its
     output has no metric scale; relative-depth evaluation aligns scale and shift first,
     always on the whole image (a masked score uses the same alignment).
     """

@@ -1,4 +1,4 @@
-"""Any-to-any generation with a trained :class:`~fm21.train.model.FourM` (REFERENCE §6).
+"""Any-to-any generation with a trained :class:`~fm21.train.model.FourM` (apple/ml-4m `fourm/models/generate.py`).
 
 Grid targets (image, feature and global tokens) decode with MaskGIT (keep the most
 confident ``num_select`` samples per step) or ROAR (decode a random ``num_select``
@@ -127,7 +127,7 @@ def blank_conditions(mod_dict: ModDict, *, keep: str, specs: Mapping[str, Modali
 # ------------------------------------------------------------------------------ schedules
 def token_schedule(num_steps: int, total: int, kind: str = "cosine") -> list[int]:
     """Tokens decoded per step; sums to ``total``. ``linear``: equal chunks, larger first;
-    ``cosine``: few, many, few (REFERENCE §6.2). At least one token per step."""
+    ``cosine``: few, many, few (apple/ml-4m `fourm/models/generate.py`). At least one token per step."""
     num_steps = max(1, min(num_steps, total))
     if kind == "linear":
         chunks = np.diff(np.linspace(0, total, num_steps + 1).astype(int))

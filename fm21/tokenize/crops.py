@@ -1,7 +1,7 @@
 """Aligned multi-crop: the same crop window and flip for every modality of a sample.
 
 Crop 0 is always the full, unflipped image; crops 1.. are RandomResizedCrop windows
-(scale ``min_crop_scale``..1, ratio 3/4..4/3) flipped with p = 0.5 (REFERENCE §1.2).
+(scale ``min_crop_scale``..1, ratio 3/4..4/3) flipped with p = 0.5 (apple/ml-4m `save_vq_tokens.py`).
 Windows are drawn from a generator seeded by (seed, key, crop index), so every worker
 and every re-run produces the same crops for the same sample.
 """

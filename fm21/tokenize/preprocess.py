@@ -1,4 +1,4 @@
-"""Label-space <-> model-space conversions, one per label kind (REFERENCE §2, §7).
+"""Label-space <-> model-space conversions, one per label kind (apple/ml-4m `fourm/data/modality_info.py`, `fourm/vq/`).
 
 A tokenizer's ``config.json`` names its preprocessor (``PREPROCESSORS[name]``), so the
 normalisation travels with the weights, never with the caller. Label arrays are what
@@ -24,7 +24,7 @@ def _as_float(labels: np.ndarray) -> torch.Tensor:
 
 def robust_standardize(depth: np.ndarray, *, trim: float = 0.1) -> np.ndarray:
     """Per-image depth standardisation of ``(B, R, R)``: drop the top and bottom ``trim``
-    of values, subtract the mean and divide by the std of the rest (REFERENCE §2).
+    of values, subtract the mean and divide by the std of the rest (apple/ml-4m `fourm/data/modality_info.py`).
     Non-finite pixels are set to the image's largest finite depth first."""
     depth = np.asarray(depth, dtype=np.float32)
     out = np.empty_like(depth)

@@ -1,4 +1,4 @@
-"""The "lucid" vector quantizer of the 4M tokenizers (REFERENCE §7).
+"""The "lucid" vector quantizer of the 4M tokenizers (apple/ml-4m `fourm/vq/`, `cfgs/default/tokenization/`).
 
 - Cosine codes: inputs and codes are l2-normalised; the nearest code maximises the dot
   product.

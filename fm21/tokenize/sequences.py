@@ -29,7 +29,7 @@ def _color_palette(row: dict, crop: Crop, size: int, rng: np.random.Generator) -
     palettes = row.get("color_palette")
     if not palettes:
         return None
-    k = int(rng.integers(1, len(palettes) + 1))  # REFERENCE §3.5: k uniform in 1..7
+    k = int(rng.integers(1, len(palettes) + 1))  # apple/ml-4m `fourm/data/modality_transforms.py`, ColorPaletteTransform: k uniform in 1..7
     flat = list(palettes[k - 1])
     colors = [tuple(flat[i:i + 3]) for i in range(0, len(flat), 3)]
     return serialize_color_palette({k: colors}, k)

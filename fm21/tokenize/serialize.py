@@ -1,4 +1,4 @@
-"""4M text serialisations of structured labels, and their parsers (REFERENCE §3.3-3.5, §4).
+"""4M text serialisations of structured labels, and their parsers (apple/ml-4m `fourm/data/modality_transforms.py`).
 
 - det: ``v0=x0 v1=y0 v2=x1 v3=y1 <class>`` per box (coords ``round(c * 999)``), boxes
   with score >= threshold, ordered by ``xmin**2 + ymin**2``; no boxes -> ``""``.

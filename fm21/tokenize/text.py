@@ -1,4 +1,4 @@
-"""The shared 4M WordPiece text tokenizer (REFERENCE §3.1), on HF ``tokenizers``.
+"""The shared 4M WordPiece text tokenizer (apple/ml-4m `fourm/utils/tokenizer/text_tokenizer.py`), on HF ``tokenizers``.
 
 BertNormalizer (lower-case, accents kept), BertPreTokenizer, ``##`` continuations, no
 post-processor (no automatic BOS/EOS). Special tokens have FIXED ids, in this order:

@@ -2,7 +2,7 @@
 
 One readable loop: sample a batch, random hflip, forward, reconstruction + commitment
 loss, backward, clip, AdamW step (betas 0.9/0.99, cosine LR after a short linear
-warmup, REFERENCE §7). Deterministic for a seed on CPU.
+warmup, apple/ml-4m `fourm/vq/`, `cfgs/default/tokenization/`). Deterministic for a seed on CPU.
 """
 
 from __future__ import annotations

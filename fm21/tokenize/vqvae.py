@@ -1,6 +1,6 @@
 """VQ-VAE image tokenizer: trunk encoder -> tanh post-MLP -> 1x1 proj -> lucid VQ -> decoder.
 
-The reference uses ViT-B encoder/decoder (REFERENCE §7); fm21's default trunk is a small
+The reference uses ViT-B encoder/decoder (apple/ml-4m `fourm/vq/`, `cfgs/default/tokenization/`); fm21's default trunk is a small
 conv net, the CPU-friendly choice for the tiny recipe. Trunks sit behind ``TRUNKS`` so a
 ViT trunk can be added without touching ``VQVAE``.
 
@@ -138,7 +138,7 @@ class VQVAE(ImageTokenizer):
         channels = self.preprocessor.channels or cfg.num_channels  # 0: as many as the spec says
         in_ch = cfg.class_embed_dim if categorical else channels
         out_ch = cfg.num_channels if categorical else channels
-        # semseg: a learned class embedding replaces one-hot input (REFERENCE §2)
+        # semseg: a learned class embedding replaces one-hot input (apple/ml-4m `fourm/data/modality_info.py`)
         self.class_embed = nn.Embedding(cfg.num_channels, in_ch) if categorical else None
         make_encoder, make_decoder = TRUNKS[cfg.trunk]
         self.encoder = make_encoder(in_ch, cfg)

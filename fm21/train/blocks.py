@@ -1,4 +1,4 @@
-"""Transformer blocks of the 4M trunk: SwiGLU, no biases, pre-LN (REFERENCE §5.3).
+"""Transformer blocks of the 4M trunk: SwiGLU, no biases, pre-LN (apple/ml-4m `fourm/models/fm.py`).
 
 Masks follow the mod_dict convention: a boolean tensor where **True means ignored**.
 They are inverted once, right before ``scaled_dot_product_attention`` (where True

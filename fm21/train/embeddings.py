@@ -1,4 +1,4 @@
-"""Per-modality encoder and decoder embeddings of the 4M model (REFERENCE §5.2).
+"""Per-modality encoder and decoder embeddings of the 4M model (apple/ml-4m `fourm/models/fm.py`).
 
 One class per modality *kind*, chosen by an explicit lookup on ``spec.kind``; the
 trunk only sees ``(tokens, positions, masks)``. Modality embeddings (``mod_emb``)
@@ -46,7 +46,7 @@ def sincos_2d(side: int, dim: int, temperature: float = 10000.0) -> torch.Tensor
 
 class GridPositions(nn.Module):
     """Position embedding of a fixed token grid: sin-cos for spatial grids, learned for
-    global tokens (which have no spatial layout, REFERENCE §2)."""
+    global tokens (which have no spatial layout, apple/ml-4m `fourm/data/modality_info.py`)."""
 
     def __init__(self, spec: ModalitySpec, dim: int) -> None:
         super().__init__()

@@ -28,7 +28,7 @@ log = logging.getLogger("fm21")
 
 
 def lr_at(step: int, cfg: TrainConfig) -> float:
-    """Linear warmup from 0, then cosine decay to min_lr (REFERENCE §5.4)."""
+    """Linear warmup from 0, then cosine decay to min_lr (apple/ml-4m `run_training_4m.py`, `cfgs/default/4m/`)."""
     if step < cfg.warmup_steps:
         return cfg.lr * step / max(1, cfg.warmup_steps)
     progress = (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps)

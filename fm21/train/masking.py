@@ -1,4 +1,4 @@
-"""4M multimodal masking (REFERENCE §5.1, §3.8): one sample -> a per-sample mod_dict.
+"""4M multimodal masking (apple/ml-4m `fourm/data/masking.py`, UnifiedMasking and span masking): one sample -> a per-sample mod_dict.
 
 Per sample: pick a mixture component, draw input and target token budgets from its
 Dirichlets, then mask each modality within its budgets: a random permutation for
@@ -6,7 +6,7 @@ grids (inputs and targets disjoint), span masking with sentinels for sequences
 (chunk-wise for chunked sequences such as metadata), input-side span masking for
 vector sequences (T5). In every mask, True means ignored.
 
-Special text ids are fixed (REFERENCE §3.1): PAD=0, EOS=3, sentinel ``[S_k]`` = 4 + k.
+Special text ids are fixed (apple/ml-4m `fourm/utils/tokenizer/text_tokenizer.py`): PAD=0, EOS=3, sentinel ``[S_k]`` = 4 + k.
 """
 
 from __future__ import annotations
@@ -88,7 +88,7 @@ def span_mask(
 ) -> SpanMasked:
     """Mask each unit (a token, or a chunk of tokens) with probability 1 - keep_prob; each
     maximal masked run becomes one sentinel in the input. The target is
-    ``[S_1] span_1 [S_2] span_2 ... [S_{n+1}]`` (REFERENCE §3.8)."""
+    ``[S_1] span_1 [S_2] span_2 ... [S_{n+1}]`` (apple/ml-4m `fourm/data/masking.py`)."""
     masked = rng.random(len(units)) >= keep_prob  # (U,) keep_prob 1: none, 0: all
     inp: list[int] = []
     tgt: list[int] = []

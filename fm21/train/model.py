@@ -1,4 +1,4 @@
-"""The 4M encoder-decoder (REFERENCE §5.2-5.3): one trunk, per-modality embeddings.
+"""The 4M encoder-decoder (apple/ml-4m `fourm/models/fm.py`): one trunk, per-modality embeddings.
 
 Batches are mod_dicts ``{modality: {"tensor", "input_mask", "target_mask",
 "decoder_attention_mask"}}`` with True = ignored. The trunk never looks at a
@@ -35,7 +35,7 @@ class FourMConfig:
     mlp_ratio: float = 4.0
     num_input_tokens: int = 256
     num_target_tokens: int = 256
-    tie_sequence_logits: bool = True  # to_logits shares the decoder token table (REFERENCE §5.2)
+    tie_sequence_logits: bool = True  # to_logits shares the decoder token table (apple/ml-4m `fourm/models/fm.py`)
     init_std: float = 0.02
     token_emb_std: float = 0.02  # encoder token embeddings (reference: init_std)
     pos_emb_scale: float = 1.0  # fixed sin-cos tables are multiplied by this (reference: 1)
@@ -201,7 +201,7 @@ class FourM(nn.Module):
 
     @staticmethod
     def _self_allowed(attention: torch.Tensor, mod_index: torch.Tensor) -> torch.Tensor:
-        """Compressed mask (B, M) -> (B, 1, M, M) "may attend" (REFERENCE §5.2).
+        """Compressed mask (B, M) -> (B, 1, M, M) "may attend" (apple/ml-4m `fourm/models/fm.py`).
 
         Query n may attend keys < cumsum(attention)[n] (a grid modality's first target
         holds its target count: bidirectional; sequence targets hold 1: causal), and

@@ -124,7 +124,7 @@ def _recipe_mixtures():
 
 def _rgb_input_rate(mixture, names) -> float:
     """P(rgb gets >= 1 input token) implied by the mixture, by direct draws of the
-    reference's budget rule (REFERENCE §5.1: floor(Dirichlet * total), the remainder
+    reference's budget rule (apple/ml-4m `fourm/data/masking.py`, UnifiedMasking: floor(Dirichlet * total), the remainder
     handed out one token at a time to the argmax of fresh Dirichlet draws), written
     here independently of the masking code."""
     rng = np.random.default_rng(1)

@@ -1,6 +1,6 @@
 """Canny edges of the RGB image (OpenCV), as 0/255 uint8 maps.
 
-The reference does not record its thresholds (REFERENCE §2: "[not found]"; OpenCV is
+The reference does not record its thresholds (apple/ml-4m `fourm/data/modality_info.py`: "[not found]"; OpenCV is
 used). Defaults are 100/200 on the grayscale image after a 3x3 Gaussian blur: the
 thresholds of ControlNet's Canny annotator, which keep object outlines and drop
 texture on real photos and keep the silhouettes of the flat-shaded synthetic scenes.

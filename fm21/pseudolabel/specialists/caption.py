@@ -1,6 +1,6 @@
 """Captions: the synthetic scene's caption, or the source's alt-text for real images.
 
-4M-21 trains on CC12M/COYO alt-text (REFERENCE §2), so for real images the source
+4M-21 trains on CC12M/COYO alt-text (apple/ml-4m `fourm/data/modality_info.py`), so for real images the source
 caption *is* the label; a captioning network is a later issue. Looked up in order:
 ``meta["synthetic"]["caption"]``, then ``meta["caption"]`` (a string, or a list whose
 first non-empty string is used). A sample with neither, or only blank text, gets null.

@@ -1,6 +1,6 @@
 """Colour palettes: for k = 1..7, the k dominant RGB colours of the image by k-means.
 
-The reference precomputes palettes for k = 1..7 with PyPalette (REFERENCE §3.5); the
+The reference precomputes palettes for k = 1..7 with PyPalette (apple/ml-4m `fourm/data/modality_transforms.py`, ColorPaletteTransform); the
 serializer later draws one k per sample. Here palette k is ``cv2.kmeans`` with k
 clusters on (a fixed-seed subsample of) the pixels, its centres rounded to uint8 and
 ordered by cluster size, largest first (ties: by colour). Deterministic: the pixel

@@ -1,6 +1,6 @@
 """Detection oracle: the synthetic scene's object boxes as COCO-style detections.
 
-Stands in for ViTDet ViT-H + Cascade Mask R-CNN (REFERENCE §2, §3.3); the real detector
+Stands in for ViTDet ViT-H + Cascade Mask R-CNN (apple/ml-4m `fourm/data/modality_info.py` and `fourm/data/modality_transforms.py`, DetectionTransform); the real detector
 is a later issue. Boxes are ``[xmin, ymin, xmax, ymax]`` normalised to [0, 1] of the
 stored crop, as in the reference's detection JSON. All boxes are kept at full fidelity:
 the ``score >= 0.6`` filter belongs to the det serializer, not to the store.

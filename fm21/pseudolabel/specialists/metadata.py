@@ -1,6 +1,6 @@
-"""Metadata: the REFERENCE §4 fields, from image statistics and earlier pseudo labels.
+"""Metadata: the MetadataTransform fields (apple/ml-4m `fourm/data/modality_transforms.py`), from image statistics and earlier pseudo labels.
 
-The reference's extraction code is not public (REFERENCE §4), so the definitions here
+The reference's extraction code is not public (apple/ml-4m `fourm/data/modality_transforms.py`, MetadataTransform), so the definitions here
 are fm21's, chosen to match the field names and the binning ranges:
 
 - ``original_width``/``original_height``: ``meta["original_size"]`` (``[w, h]``).
@@ -50,7 +50,7 @@ from fm21.pseudolabel.specialists.base import (
 )
 
 _INT, _FLOAT = pa.int32(), pa.float32()
-# (name, Arrow type) in REFERENCE §4 id order: the field's id is its index.
+# (name, Arrow type) in the MetadataTransform id order (apple/ml-4m `fourm/data/modality_transforms.py`): the field's id is its index.
 METADATA_FIELDS: tuple[tuple[str, pa.DataType], ...] = (
     ("original_width", _INT),
     ("original_height", _INT),

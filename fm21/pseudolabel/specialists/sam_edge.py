@@ -1,7 +1,7 @@
 """Instance edges: boundaries between distinct instance ids, as 0/255 uint8 maps.
 
 4M-21 derives ``tok_sam_edge`` from SAM instance masks (the exact recipe is not in the
-reference repo, REFERENCE §2). Here the instances come from the ``instance`` column
+reference repo, apple/ml-4m `fourm/data/modality_info.py`). Here the instances come from the ``instance`` column
 (the semseg oracle on synthetic scenes); with the real SAM specialist (a later issue)
 they come from SAM's masks, painted into an instance-id map, and the boundary rule
 below is the same.
