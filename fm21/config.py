@@ -145,6 +145,7 @@ class VQTokenizerConfig(Strict):
 
 class TextTokenizerConfig(Strict):
     min_frequency: int = 1
+    train_samples: int = 200_000  # rows of labels.lance whose texts train WordPiece (a hashed sample)
 
 
 class TokenizersConfig(Strict):

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import heapq
 import json
 import logging
 from pathlib import Path
@@ -32,7 +33,7 @@ import fm21
 from fm21.config import TokenizersConfig, VQTokenizerConfig
 from fm21.store import labels as store
 from fm21.store.manifest import fingerprint_of
-from fm21.tokenize.crops import Crop, apply_crop
+from fm21.tokenize.crops import Crop, apply_crop, key_hash
 from fm21.tokenize.sequences import corpus_of
 
 log = logging.getLogger("fm21")
@@ -41,21 +42,37 @@ TEXT_DIR = "text"
 INPUTS_FILE = "inputs.json"  # {"fingerprint": what the folder was trained from, "report": its summary}
 
 
-def sample_keys(uri, num: int, *, seed: int) -> list[str]:
-    keys = sorted(store.committed_keys(uri))
-    rng = np.random.default_rng(seed)
-    return sorted(rng.choice(keys, size=min(num, len(keys)), replace=False).tolist())
+def sample_keys(uri, num: int, *, seed: int, where: str | None = None) -> list[str]:
+    """``num`` keys of labels.lance (those matching ``where``), sorted: the keys with the
+    smallest seeded hash, a uniform sample that does not depend on row order. Keys are
+    streamed through a bounded heap, so memory is O(num), not O(rows)."""
+    best: list[tuple[int, str]] = []  # max-heap on the hash, as (-hash, key)
+    salt = f"tokenizer-sample:{seed}:"
+    for batch in store.open_dataset(uri).to_batches(columns=["key"], filter=where, batch_size=65536):
+        for key in batch.column("key").to_pylist():
+            h = key_hash(salt + key)
+            if len(best) < num:
+                heapq.heappush(best, (-h, key))
+            elif h < -best[0][0]:
+                heapq.heapreplace(best, (-h, key))
+    return sorted(key for _, key in best)
 
 
 def stored_keys(uri, column: str, num: int, *, seed: int) -> list[str]:
     """Like :func:`sample_keys`, among the rows whose ``column`` is stored (not null)."""
-    ds = store.open_dataset(uri)
-    keys = sorted(ds.to_table(columns=["key"], filter=f"{column} IS NOT NULL").column("key").to_pylist())
+    keys = sample_keys(uri, num, seed=seed, where=f"{column} IS NOT NULL")
     if not keys:
         raise ValueError(f"{uri}: no row stores {column!r}; a feature-map tokenizer trains on stored feature "
                          "maps (set pseudolabel.feature_maps.store to sample or all)")
-    rng = np.random.default_rng(seed)
-    return sorted(rng.choice(keys, size=min(num, len(keys)), replace=False).tolist())
+    return keys
+
+
+def sampled_rows(uri, columns: list[str], keys: list[str]) -> list[dict]:
+    """The rows of ``keys`` (a sample, O(len(keys))), streamed: no key list in a filter."""
+    wanted, rows = set(keys), []
+    for batch in store.open_dataset(uri).to_batches(columns=["key", *columns], batch_size=8192):
+        rows += [r for r in batch.to_pylist() if r["key"] in wanted]
+    return rows
 
 
 def label_inputs(labels_meta: dict, spec) -> dict:
@@ -164,6 +181,7 @@ def run_tokenizers(cfg: TokenizersConfig, ctx) -> dict:
         ds = store.open_dataset(uri)
         fp = fingerprint_of({"specs": {n: dataclasses.asdict(ctx.specs[n]) for n in sequences},
                              "config": cfg.text.model_dump(mode="json"), "seed": cfg.seed, "rows": ds.count_rows(),
+                             "sampler": "tokenizer-sample-v1",
                              "labels": {n: label_inputs(labels_meta, ctx.specs[n]) for n in sequences},
                              "fm21": fm21.__version__})
         if (hit := _reusable(out_dir / TEXT_DIR, fp)) is not None:
@@ -171,7 +189,7 @@ def run_tokenizers(cfg: TokenizersConfig, ctx) -> dict:
             reused.append(TEXT_DIR)
         else:
             (out_dir / TEXT_DIR / INPUTS_FILE).unlink(missing_ok=True)
-            rows = ds.to_table(columns=columns).to_pylist()
+            rows = sampled_rows(uri, columns, sample_keys(uri, cfg.text.train_samples, seed=cfg.seed))
             size = store.field_shape(ds.schema.field("rgb"))[0]
             corpus = corpus_of(rows, sequences, size=size, seed=cfg.seed)
             vocab = ctx.specs[sequences[0]].vocab_size
