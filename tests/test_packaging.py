@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -12,8 +13,14 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_wheel_ships_the_default_config_and_runs_from_an_empty_directory(tmp_path):
+    src = tmp_path / "src"  # build from a copy: setuptools writes build/ beside the sources
+    src.mkdir()
+    for name in ("pyproject.toml", "README.md", "flows.yaml"):
+        shutil.copy(ROOT / name, src / name)
+    shutil.copytree(ROOT / "configs", src / "configs")
+    shutil.copytree(ROOT / "fm21", src / "fm21", symlinks=True, ignore=shutil.ignore_patterns("__pycache__"))
     built = subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation",
-                            str(ROOT), "-w", str(tmp_path / "wheel")], capture_output=True, text=True)
+                            str(src), "-w", str(tmp_path / "wheel")], capture_output=True, text=True)
     assert built.returncode == 0, built.stderr[-2000:]
     wheel = next((tmp_path / "wheel").glob("fm21-*.whl"))
     names = set(zipfile.ZipFile(wheel).namelist())

@@ -19,7 +19,7 @@ import pyarrow as pa
 
 from fm21.store.encodings import decode_column, encode_column, field_meta
 
-__all__ = ["column_to_python", "committed_keys", "encode_column", "field_shape", "read_maps",
+__all__ = ["column_to_python", "encode_column", "field_shape", "read_maps",
            "store_metadata"]
 
 META_INGEST = b"fm21.ingest_fingerprint"
@@ -30,13 +30,6 @@ def open_dataset(uri: Path):
     import lance
 
     return lance.dataset(str(uri))
-
-
-def committed_keys(uri: Path) -> set[str]:
-    if not Path(uri).exists():
-        return set()
-    table = open_dataset(uri).to_table(columns=["key"])
-    return set(table.column("key").to_pylist())
 
 
 def field_shape(field: pa.Field) -> tuple[int, ...] | None:
