@@ -53,24 +53,35 @@ def served(tmp_path_factory):
         except httpx.HTTPError:
             return False
 
-    serve = None
+    serve = settings = None
     try:
         _wait(healthy, 120, "the Prefect server")
         serve = subprocess.Popen(
             [sys.executable, "-m", "fm21.cli", "serve", "--recipe", "tiny", "--set", f"workdir={work}"],
             cwd=ROOT, env=env, stdout=open(logs / "serve.log", "w"), stderr=subprocess.STDOUT,
             start_new_session=True)
-        os.environ["PREFECT_API_URL"] = api  # this process talks to the same server
+        # This process talks to the same server. Prefect may have loaded its settings
+        # already (an earlier test ran a flow), so set them in a settings context too.
+        os.environ["PREFECT_API_URL"] = api
         from prefect.client.orchestration import get_client
+        from prefect.settings import PREFECT_API_URL, temporary_settings
+
+        settings = temporary_settings(updates={PREFECT_API_URL: api})
+        settings.__enter__()
 
         def deployed():
             with get_client(sync_client=True) as client:
                 return sum(d.name == "fm21" for d in client.read_deployments()) == 4
 
-        _wait(deployed, 120, "the fm21 deployments")
+        try:
+            _wait(deployed, 120, "the fm21 deployments")
+        except TimeoutError as err:
+            raise TimeoutError(f"{err}; fm21 serve said: {(logs / 'serve.log').read_text()[-2000:]}") from None
         yield api, work, logs
     finally:
         os.environ.pop("PREFECT_API_URL", None)
+        if settings is not None:
+            settings.__exit__(None, None, None)
         for proc in (serve, server):
             if proc is not None and proc.poll() is None:
                 os.killpg(proc.pid, signal.SIGINT)
