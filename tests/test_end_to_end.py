@@ -133,3 +133,33 @@ def test_bad_flow_parameter_fails_with_the_key_named():
         run_flow("pretrain", recipe="tiny", overrides=["train.bogus=1"])
     with pytest.raises(ConfigError, match="force: unknown stage"):
         run_flow("pretrain", recipe="tiny", force=["trian"])
+
+
+def test_flow_killed_mid_stage_resumes_to_the_same_stores(pipeline, tmp_path):
+    """`fm21 run build_dataset` killed (SIGKILL of its process group) right after the
+    first pseudolabel unit is written, then rerun: the flow completes and labels.lance
+    and tokens.lance equal the uninterrupted run's."""
+    import os
+    import subprocess
+    import sys
+
+    cfg, wd, _ = pipeline
+    work = tmp_path / "killed"
+    cmd = [sys.executable, "-m", "fm21.cli", "run", "build_dataset", "--recipe", "tiny", "--set", f"workdir={work}"]
+    env = {**os.environ, "FM21_CRASH_AT": "pseudolabel.after_write:1", "FM21_CRASH_DIR": str(tmp_path)}
+    killed = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, start_new_session=True)
+    assert killed.returncode == -9, killed.stderr[-2000:]
+    assert not (work / "pseudolabel" / "manifest.json").exists()
+    env.pop("FM21_CRASH_AT")
+    rerun = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, start_new_session=True)
+    assert rerun.returncode == 0, rerun.stderr[-2000:]
+
+    def rows(uri, order):
+        table = lance.dataset(str(uri)).to_table()
+        return sorted(table.to_pylist(), key=lambda r: tuple(r[k] for k in order))
+
+    assert rows(work / "pseudolabel" / "labels.lance", ["key"]) == rows(wd.labels_uri, ["key"])
+    got, want = rows(work / "tokens" / "tokens.lance", ["key", "crop"]), rows(wd.tokens_uri, ["key", "crop"])
+    assert len(got) == len(want)
+    differ = sorted({c for g, w in zip(got, want) for c in g if g[c] != w[c]})
+    assert not differ, differ

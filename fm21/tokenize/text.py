@@ -164,4 +164,17 @@ def train_text_tokenizer(
         show_progress=False,
     )
     tok.train_from_iterator(corpus, trainer=trainer)
-    return TextTokenizer(tok)
+    return TextTokenizer(_canonical_ids(tok))
+
+
+def _canonical_ids(tok: Tokenizer) -> Tokenizer:
+    """Renumber the learned word pieces in sorted order. The WordPiece trainer breaks ties
+    in hash-map order, which changes from process to process: the same corpus gave the
+    same pieces at different ids. Tokenizing is greedy longest-match over the vocabulary,
+    whatever the ids, so sorted ids make the tokenizer a function of its corpus alone."""
+    vocab = tok.get_vocab(with_added_tokens=False)
+    kept = {t: i for t, i in vocab.items() if i < NUM_SPECIAL_TOKENS}
+    learned = sorted(t for t, i in vocab.items() if i >= NUM_SPECIAL_TOKENS)
+    kept.update({t: NUM_SPECIAL_TOKENS + j for j, t in enumerate(learned)})
+    tok.model = models.WordPiece(kept, unk_token=UNK, continuing_subword_prefix="##")
+    return tok

@@ -57,7 +57,8 @@ def served(tmp_path_factory):
     try:
         _wait(healthy, 120, "the Prefect server")
         serve = subprocess.Popen(
-            [sys.executable, "-m", "fm21.cli", "serve", "--recipe", "tiny", "--set", f"workdir={work}"],
+            [sys.executable, "-m", "fm21.cli", "serve", "--recipe", "tiny", "--set", f"workdir={work}",
+             "--gpu-slots", "1"],
             cwd=ROOT, env=env, stdout=open(logs / "serve.log", "w"), stderr=subprocess.STDOUT,
             start_new_session=True)
         # This process talks to the same server. Prefect may have loaded its settings
