@@ -33,7 +33,31 @@ def crash_point(point: str) -> None:
     if name != point:
         return
     if _hit(Path(os.environ.get(COUNT_DIR_ENV) or tempfile.gettempdir()), point) == int(nth):
-        os.killpg(int(os.environ.get(PGID_ENV) or os.getpgrp()), signal.SIGKILL)
+        _kill_run(int(os.environ.get(PGID_ENV) or os.getpgrp()))
+
+
+def _kill_run(pgid: int) -> None:
+    """SIGKILL the whole run. Ray puts each worker in a process group of its own, so a
+    killed group leaves workers that go on writing while the rerun starts. When the
+    driver leads its own session (the tests start it with ``start_new_session``), every
+    process of that session dies, workers included; otherwise the driver's group."""
+    try:
+        session_led = os.getsid(pgid) == pgid
+    except ProcessLookupError:
+        session_led = False
+    if session_led:
+        me = os.getpid()
+        for entry in Path("/proc").iterdir():
+            if not entry.name.isdigit() or int(entry.name) == me:
+                continue
+            try:
+                stat = (entry / "stat").read_text()
+                if int(stat.rsplit(")", 1)[1].split()[3]) == pgid:  # field 6: session id
+                    os.kill(int(entry.name), signal.SIGKILL)
+            except (OSError, ValueError, IndexError):
+                continue
+        os.kill(me, signal.SIGKILL)
+    os.killpg(pgid, signal.SIGKILL)
 
 
 def _hit(directory: Path, point: str) -> int:

@@ -80,10 +80,9 @@ class TokenizeActor:
 
     def _read_columns(self, dataset) -> list[str]:
         return [c for c in self.columns if c in dataset.schema.names]  # a feature map may not be stored
+
     def tokenize_unit(self, unit: dict[str, Any]) -> dict[str, Any]:
         """One labels fragment (at the planned labels version) -> its tokens fragment."""
-        import lance
-
         table = self._tokenize_fragment(unit["fragment"], unit["version"], point="tokens.in_unit")
         fragments = unit_store.write_unit(table, self.uri, self.schema)
         crash_point("tokens.after_write")

@@ -68,11 +68,12 @@ def stored_keys(uri, column: str, num: int, *, seed: int) -> list[str]:
 
 
 def sampled_rows(uri, columns: list[str], keys: list[str]) -> list[dict]:
-    """The rows of ``keys`` (a sample, O(len(keys))), streamed: no key list in a filter."""
+    """The rows of ``keys`` (a sample, O(len(keys))) in key order, streamed: no key list in a
+    filter. Key order matters: the corpus draws per row from a seeded generator."""
     wanted, rows = set(keys), []
     for batch in store.open_dataset(uri).to_batches(columns=["key", *columns], batch_size=8192):
         rows += [r for r in batch.to_pylist() if r["key"] in wanted]
-    return rows
+    return sorted(rows, key=lambda r: r["key"])  # key order: not the order units were committed
 
 
 def label_inputs(labels_meta: dict, spec) -> dict:

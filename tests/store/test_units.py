@@ -13,6 +13,7 @@ from pathlib import Path
 import lance
 import pyarrow as pa
 import pytest
+from killing import killed_cli_run
 
 from fm21.config import load_config
 from fm21.stages import run_stage
@@ -62,13 +63,7 @@ def _copy_stages(ref: Workdir, work: Path, stages: list[str]) -> Workdir:
 
 def _killed_run(work: Path, stage: str, crash_at: str, tmp: Path) -> None:
     """The stage in a fresh process (its own Ray) that kills its own process group."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_ADDRESS", "FM21_"))}
-    env.update(FM21_CRASH_AT=crash_at, FM21_CRASH_DIR=str(tmp / "hits"), OMP_NUM_THREADS="1")
-    cmd = [sys.executable, "-m", "fm21.cli", "--config", str(ROOT / "flows.yaml"),
-           "--recipe", str(ROOT / "configs" / "tiny.yaml"), "--set", f"workdir={work}",
-           *(a for s in SETS for a in ("--set", s)), "stage", stage]
-    proc = subprocess.run(cmd, env=env, cwd=ROOT, start_new_session=True, capture_output=True, timeout=300)
-    assert proc.returncode == -9, proc.stderr.decode()[-3000:]
+    killed_cli_run(work, ["stage", stage], crash_at, tmp, SETS)
 
 
 @pytest.mark.parametrize("crash_at", ["ingest.in_shard:20", "ingest.after_shard:3"])

@@ -4,15 +4,13 @@ from-scratch build; a kill -9 during the add, then a rerun, gives the same store
 
 from __future__ import annotations
 
-import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import lance
 import pyarrow as pa
 import pytest
+from killing import killed_cli_run
 
 from fm21.config import load_config
 from fm21.stages import run_stage
@@ -105,13 +103,7 @@ def test_the_new_column_is_added_without_rewriting_the_others(added, scratch):
 
 
 def _killed_tokens_run(work: Path, crash_at: str, tmp: Path) -> None:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_ADDRESS", "FM21_"))}
-    env.update(FM21_CRASH_AT=crash_at, FM21_CRASH_DIR=str(tmp / "hits"), OMP_NUM_THREADS="1")
-    cmd = [sys.executable, "-m", "fm21.cli", "--config", str(ROOT / "flows.yaml"),
-           "--recipe", str(ROOT / "configs" / "tiny.yaml"), "--set", f"workdir={work}",
-           *(a for s in [*SETS, *WITH] for a in ("--set", s)), "stage", "tokens"]
-    proc = subprocess.run(cmd, env=env, cwd=ROOT, start_new_session=True, capture_output=True, timeout=300)
-    assert proc.returncode == -9, proc.stderr.decode()[-3000:]
+    killed_cli_run(work, ["stage", "tokens"], crash_at, tmp, [*SETS, *WITH])
 
 
 @pytest.mark.parametrize("crash_at", [
