@@ -68,7 +68,8 @@ def plan_specialists(cfg: PseudolabelConfig, specs: dict) -> list[str]:
 
 
 def _column_names(name: str) -> list[str]:
-    return [f.name for f in _build(name, SpecialistConfig(), image_size=8).columns()]
+    cfg = SpecialistConfig(weights=SPECIALISTS[name].supported_weights[0])  # columns only: nothing is loaded
+    return [f.name for f in _build(name, cfg, image_size=8).columns()]
 
 
 def _build(name: str, cfg: SpecialistConfig | None, *, image_size: int) -> Specialist:
