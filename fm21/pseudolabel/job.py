@@ -21,7 +21,7 @@ from pathlib import Path
 import pyarrow as pa
 
 from fm21.config import PseudolabelConfig, SpecialistConfig
-from fm21.pseudolabel.specialists import SPECIALISTS
+from fm21.pseudolabel.specialists import SPECIALISTS, specialist_class
 from fm21.pseudolabel.specialists.base import Specialist
 from fm21.pseudolabel.specialists.feature import sample_fraction
 from fm21.pseudolabel.worker import RAW_COLUMNS, LabelWorker, build_specialist, decode_batch
@@ -47,7 +47,8 @@ def plan_specialists(cfg: PseudolabelConfig, specs: dict) -> list[str]:
     missing = sorted(needed - enabled)
     if missing:
         raise ValueError(f"enabled modalities need specialists {missing}: enable them under pseudolabel.specialists")
-    produced = {c: n for n in enabled for c in _column_names(n)}
+    weights = {n: c.weights for n, c in cfg.specialists.items()}
+    produced = {c: n for n in enabled for c in _column_names(n, weights.get(n, "none"))}
     order: list[str] = []
 
     def visit(name: str, path: tuple[str, ...]) -> None:
@@ -55,7 +56,7 @@ def plan_specialists(cfg: PseudolabelConfig, specs: dict) -> list[str]:
             return
         if name in path:
             raise ValueError(f"specialists require each other in a cycle: {' -> '.join(path + (name,))}")
-        for column in SPECIALISTS[name].requires:
+        for column in specialist_class(name, weights.get(name, "none")).requires:
             if column in produced:
                 visit(produced[column], path + (name,))
         order.append(name)
@@ -67,8 +68,11 @@ def plan_specialists(cfg: PseudolabelConfig, specs: dict) -> list[str]:
     return order
 
 
-def _column_names(name: str) -> list[str]:
-    cfg = SpecialistConfig(weights=SPECIALISTS[name].supported_weights[0])  # columns only: nothing is loaded
+def _column_names(name: str, weights: str) -> list[str]:
+    cls = specialist_class(name, weights)
+    if weights not in cls.supported_weights:  # the specialist's constructor names the error later
+        weights = cls.supported_weights[0]
+    cfg = SpecialistConfig(weights=weights)  # columns only: nothing is loaded
     return [f.name for f in _build(name, cfg, image_size=8).columns()]
 
 

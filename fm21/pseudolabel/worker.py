@@ -20,7 +20,7 @@ import pyarrow as pa
 
 from fm21.config import SpecialistConfig
 from fm21.faults import crash_point, injected_failure
-from fm21.pseudolabel.specialists import SPECIALISTS
+from fm21.pseudolabel.specialists import specialist_class
 from fm21.pseudolabel.specialists.base import OracleInputError, Specialist
 from fm21.pseudolabel.specialists.feature import feature_map_columns, in_feature_sample
 from fm21.store import fs
@@ -32,7 +32,8 @@ RAW_SCHEMA = pa.schema([pa.field("key", pa.string())] + [pa.field(c, pa.binary()
 
 
 def build_specialist(name: str, cfg: SpecialistConfig | None, *, image_size: int) -> Specialist:
-    return SPECIALISTS[name](cfg or SpecialistConfig(), image_size=image_size)
+    cfg = cfg or SpecialistConfig()
+    return specialist_class(name, cfg.weights)(cfg, image_size=image_size)
 
 
 def read_shard(path: str, keys: Collection[str] | None = None) -> pa.Table:

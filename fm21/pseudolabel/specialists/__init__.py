@@ -1,7 +1,15 @@
-"""Specialists by name: ``SPECIALISTS[spec.specialist](cfg, image_size=...)``.
+"""Specialists by name: ``specialist_class(spec.specialist, cfg.weights)(cfg, image_size=...)``.
 
-Keys are the registry's ``specialist`` values (``fm21.modalities``). An explicit
-literal: adding a specialist is one file and one line here.
+Keys are the registry's ``specialist`` values (``fm21.modalities``). Explicit literals:
+adding a specialist is one file and one line here.
+
+- ``SPECIALISTS``: the specialist of each name that runs without weights configured
+  (``weights: none``): classical algorithms, the source's own text, and the oracles that
+  read a synthetic scene's ground truth; for names that exist only as networks, the network.
+- ``NETWORKS``: the network standing behind a name that also has a no-weights specialist
+  (depth: the oracle with ``weights: none``, the DPT network with ``weights: pretrained |
+  path | random``). The weights mode picks, so a recipe swaps an oracle for its network
+  by one key.
 """
 
 from __future__ import annotations
@@ -31,4 +39,17 @@ SPECIALISTS: dict[str, type[Specialist]] = {
     "metadata": Metadata,
 }
 
-__all__ = ["SPECIALISTS", "Specialist"]
+NETWORKS: dict[str, type[Specialist]] = {}
+
+
+def specialist_class(name: str, weights: str = "none") -> type[Specialist]:
+    """The class that runs specialist ``name`` with weights mode ``weights``."""
+    if name not in SPECIALISTS:
+        raise KeyError(f"unknown specialist {name!r}; known: {sorted(SPECIALISTS)}")
+    network = NETWORKS.get(name)
+    if network is not None and weights in network.supported_weights:
+        return network
+    return SPECIALISTS[name]
+
+
+__all__ = ["NETWORKS", "SPECIALISTS", "Specialist", "specialist_class"]
