@@ -120,7 +120,9 @@ def test_each_stage_published_its_artifacts(pipeline):
         artifacts = {a.key: a for a in client.read_latest_artifacts() if a.key}
     expected = {f"fm21-{s}" for s in STAGES} | {
         "fm21-ingest-rejected-by-reason", "fm21-labels-stats", "fm21-token-stats", "fm21-tokenizer-recon",
-        "fm21-report", "fm21-train-progress", "fm21-evaluate-progress"}
+        "fm21-report", "fm21-train-progress", "fm21-evaluate-progress",
+        # the Ray stages: one tick per shard, unit (shard or fragment) or tokenizer
+        "fm21-ingest-progress", "fm21-pseudolabel-progress", "fm21-tokenizers-progress", "fm21-tokens-progress"}
     assert expected <= set(artifacts), sorted(set(artifacts))
     assert "data:image/png;base64," in artifacts["fm21-report"].data  # the sample grid shows in the UI
     assert "tok_depth" in artifacts["fm21-tokenizer-recon"].data

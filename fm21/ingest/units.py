@@ -56,6 +56,7 @@ from fm21.ingest.sources import (
     iter_shard,
 )
 from fm21.ingest.synthetic import render_scene
+from fm21.progress import progress
 
 log = logging.getLogger(__name__)
 
@@ -107,14 +108,23 @@ def build_synthetic(cfg: IngestConfig, *, shards_dir: Path, seed: int, ray: RayC
     todo = [i for i in range(num_synthetic_shards(cfg)) if not (shards_dir / SHARD_PATTERN.format(i)).exists()]
     args = {"cfg": cfg.model_dump(mode="json"), "seed": seed, "directory": str(shards_dir)}
     units = ({**args, "index": i} for i in todo)
-    results = list(_run(write_synthetic_shard, units, num_cpus=cfg.num_cpus, ray_cfg=ray))
+    results = list(_run(write_synthetic_shard, units, num_cpus=cfg.num_cpus, ray_cfg=ray, total=len(todo)))
     log.info("ingest: wrote %d of %d synthetic shards", len(todo), num_synthetic_shards(cfg))
     return {"new_shards": len(todo), "nodes": len({r["node"] for r in results})}
 
 
-def _run(fn, units: Iterator[dict[str, Any]], *, num_cpus: float, ray_cfg: RayConfig | None) -> Iterator[dict]:
-    """``fn(**unit)`` for every unit: in this process, or as Ray tasks with a bounded number
-    in flight (the unit stream is consumed only as fast as tasks finish)."""
+def _run(fn, units: Iterator[dict[str, Any]], *, num_cpus: float, ray_cfg: RayConfig | None,
+         total: int | None = None) -> Iterator[dict]:
+    """``fn(**unit)`` for every unit, with progress per finished unit (``total`` when known)."""
+    with progress("ingest", total=total, unit="shard") as advance:
+        for result in _results(fn, units, num_cpus=num_cpus, ray_cfg=ray_cfg):
+            advance(1)
+            yield result
+
+
+def _results(fn, units: Iterator[dict[str, Any]], *, num_cpus: float, ray_cfg: RayConfig | None) -> Iterator[dict]:
+    """In this process, or as Ray tasks with a bounded number in flight (the unit stream is
+    consumed only as fast as tasks finish)."""
     if ray_cfg is None:
         yield from (fn(**u) for u in units)
         return
@@ -134,7 +144,9 @@ def _run(fn, units: Iterator[dict[str, Any]], *, num_cpus: float, ray_cfg: RayCo
             done, pending = ray.wait(pending, num_returns=1)
             yield from ray.get(done)
         pending.append(task.remote(**unit))
-    yield from ray.get(pending)
+    while pending:
+        done, pending = ray.wait(pending, num_returns=1)
+        yield from ray.get(done)
 
 
 # ------------------------------------------------------------------------------ folder / webdataset

@@ -21,6 +21,7 @@ from pathlib import Path
 import pyarrow as pa
 
 from fm21.config import PseudolabelConfig, SpecialistConfig
+from fm21.progress import tracked
 from fm21.pseudolabel.specialists import SPECIALISTS, specialist_class
 from fm21.pseudolabel.specialists.base import Specialist
 from fm21.pseudolabel.specialists.feature import sample_fraction
@@ -214,7 +215,8 @@ def _add_missing_columns(uri: Path, schema: pa.Schema, specialists: dict[str, Sp
               "path": str(shards / unit_of[f.data_files()[0].path].split("#")[0])} for f in fragments]
     actors = _actors(new, cfg, ctx, image_size=image_size, uri=uri, schema=ds.schema)
     try:
-        results = list(ActorPool(actors).map_unordered(lambda a, t: a.add_columns.remote(t), tasks))
+        results = list(tracked(ActorPool(actors).map_unordered(lambda a, t: a.add_columns.remote(t), tasks),
+                               "pseudolabel-columns", unit="fragment", total=len(tasks)))
     finally:
         _release(actors)
     merged = [FragmentMetadata.from_json(r["fragment"]) for r in results]

@@ -184,6 +184,8 @@ def run_units(
     """
     from ray.util import ActorPool
 
+    from fm21.progress import progress
+
     counts = {"units": 0, "rows": 0, "failed": 0, "commits": 0}
     nodes: set[str] = set()
     pending: list[UnitResult] = []
@@ -196,15 +198,18 @@ def run_units(
                      sum(r.rows for r in pending), version)
             pending.clear()
 
-    for raw in ActorPool(actors).map(submit, list(units)):
-        result = UnitResult(**raw)
-        pending.append(result)
-        counts["units"] += 1
-        counts["rows"] += result.rows
-        counts["failed"] += len(result.failed)
-        nodes.add(result.node)
-        if len(pending) >= units_per_commit:
-            flush()
+    units = list(units)  # unit descriptors (one per shard or fragment), not samples
+    with progress(stage, total=len(units), unit="unit") as advance:
+        for raw in ActorPool(actors).map(submit, units):
+            result = UnitResult(**raw)
+            pending.append(result)
+            counts["units"] += 1
+            counts["rows"] += result.rows
+            counts["failed"] += len(result.failed)
+            nodes.add(result.node)
+            advance(1)
+            if len(pending) >= units_per_commit:
+                flush()
     flush()
     return {**counts, "nodes": len(nodes)}
 

@@ -39,6 +39,7 @@ import pyarrow as pa
 from fm21.config import TokensConfig
 from fm21.faults import crash_point
 from fm21.modalities import ModalitySpec
+from fm21.progress import tracked
 from fm21.store import fs
 from fm21.store.manifest import fingerprint_of
 from fm21.store import labels as store
@@ -323,7 +324,8 @@ def _add_modalities(cfg: TokensConfig, ctx, uri, added: list[str], *, schema: pa
     add_schema = pa.schema([schema.field(n) for n in ("key", "crop", "split", *added)])
     actors = _actors(cfg, ctx, schema=add_schema, specs=specs)
     try:
-        results = list(ActorPool(actors).map_unordered(lambda a, t: a.add_columns.remote(t), tasks))
+        results = list(tracked(ActorPool(actors).map_unordered(lambda a, t: a.add_columns.remote(t), tasks),
+                               "tokens-columns", unit="fragment", total=len(tasks)))
     finally:
         _release(actors)
     merged = sorted((FragmentMetadata.from_json(r["fragment"]) for r in results), key=lambda f: f.id)

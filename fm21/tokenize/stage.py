@@ -31,6 +31,7 @@ import numpy as np
 
 import fm21
 from fm21.config import TokenizersConfig, VQTokenizerConfig
+from fm21.progress import progress
 from fm21.store import labels as store
 from fm21.store.manifest import fingerprint_of
 from fm21.tokenize.crops import Crop, apply_crop, key_hash
@@ -200,7 +201,13 @@ def run_tokenizers(cfg: TokenizersConfig, ctx) -> dict:
                                 "corpus_strings": len(corpus), "modalities": sequences}
             _record(out_dir / TEXT_DIR, fp, report[TEXT_DIR])
     if jobs:  # the text tokenizer trained on the driver meanwhile
-        report.update(zip(futures, ray.get(list(futures.values()))))
+        name_of = {ref: n for n, ref in futures.items()}
+        refs = list(futures.values())
+        with progress("tokenizers", total=len(refs), unit="tokenizer") as advance:
+            while refs:
+                done, refs = ray.wait(refs, num_returns=1)
+                report[name_of[done[0]]] = ray.get(done[0])
+                advance(1)
         for name in jobs:
             log.info("tokenizers: %s %s", name, report[name])
     if reused:
