@@ -25,6 +25,8 @@ from fm21.store.layout import STAGES
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__, rich_markup_mode=None)
 config_app = typer.Typer(no_args_is_help=True, help="Inspect the configuration.")
 app.add_typer(config_app, name="config")
+weights_app = typer.Typer(no_args_is_help=True, help="The specialists' weights: what loads, and the cache.")
+app.add_typer(weights_app, name="weights")
 
 FLOWS = ("end_to_end", "build_dataset", "pretrain", "evaluate")
 
@@ -251,6 +253,36 @@ def stats(
         typer.echo(json.dumps(result, indent=2))
     else:
         typer.echo(format_label_stats(result) if labels else format_stats(result))
+
+
+@weights_app.command("list", epilog="Example: fm21 weights list --recipe 4m21-b")
+@one_line_errors
+def weights_list(
+    as_json: Annotated[bool, typer.Option("--json", help="print JSON instead of a table")] = False,
+) -> None:
+    """Every enabled specialist: its weights mode, source, and whether they are in the cache."""
+    from fm21.pseudolabel.weights_status import format_rows, status_rows
+
+    rows = status_rows(_cfg())
+    if as_json:
+        import json
+
+        typer.echo(json.dumps(rows, indent=2))
+    else:
+        typer.echo(format_rows(rows))
+
+
+@weights_app.command("fetch", epilog="Example: FM21_WEIGHTS_CACHE=/shared/weights fm21 weights fetch --recipe 4m21-b")
+@one_line_errors
+def weights_fetch(
+    names: Annotated[Optional[list[str]], typer.Argument(help="only these specialists")] = None,
+) -> None:
+    """Download the enabled networks' pretrained weights once into the weights cache
+    (FM21_WEIGHTS_CACHE), for workers without network."""
+    from fm21.pseudolabel.weights_status import fetch_all
+
+    fetched = fetch_all(_cfg(), names=list(names or []))
+    typer.echo(f"fetched: {', '.join(fetched) or 'nothing (all cached, or no pretrained networks enabled)'}")
 
 
 def main_cli(argv: list[str] | None = None) -> Any:
