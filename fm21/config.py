@@ -103,7 +103,8 @@ class SpecialistConfig(Strict):
     batch_size: int = 32
     num_cpus: float = 1.0
     num_gpus: float = 0.0
-    concurrency: int = 1
+    concurrency: int = 1  # actors in its own pool
+    own_pool: bool | None = None  # its own actor pool; default: networks yes, light algorithms no
     options: dict[str, Any] = Field(default_factory=dict)  # checked by the specialist
 
 

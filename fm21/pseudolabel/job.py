@@ -25,7 +25,8 @@ from fm21.progress import tracked
 from fm21.pseudolabel.specialists import SPECIALISTS, specialist_class
 from fm21.pseudolabel.specialists.base import Specialist
 from fm21.pseudolabel.specialists.feature import sample_fraction
-from fm21.pseudolabel.worker import RAW_COLUMNS, LabelWorker, build_specialist, decode_batch
+from fm21.pseudolabel.specialists.weights import NetworkSpecialist
+from fm21.pseudolabel.worker import RAW_COLUMNS, LabelWorker, SpecialistActor, build_specialist, decode_batch
 from fm21.store import fs
 from fm21.store import labels as store
 from fm21.store import units as unit_store
@@ -110,9 +111,9 @@ def run_pseudolabel(cfg: PseudolabelConfig, ctx) -> dict:
     counts = {"units": 0, "rows": 0, "failed": 0, "commits": 0, "nodes": 0}
     if units:
         store_schema = store.open_dataset(uri).schema
-        actors = _actors(order, cfg, ctx, image_size=image_size, uri=uri, schema=store_schema)
+        workers, actors = _actors(order, cfg, ctx, image_size=image_size, uri=uri, schema=store_schema)
         try:
-            counts = unit_store.run_units(actors, lambda a, u: a.label_unit.remote(u), units, uri=uri,
+            counts = unit_store.run_units(workers, lambda a, u: a.label_unit.remote(u), units, uri=uri,
                                           units_per_commit=cfg.units_per_commit, stage="pseudolabel")
         finally:
             _release(actors)
@@ -134,7 +135,10 @@ def _plan_units(shards: list[Path], records: unit_store.Records, *, retry_failed
     return units
 
 
-def _actors(names: list[str], cfg: PseudolabelConfig, ctx, *, image_size: int, uri: Path, schema: pa.Schema) -> list:
+def _actors(names: list[str], cfg: PseudolabelConfig, ctx, *, image_size: int, uri: Path,
+            schema: pa.Schema) -> tuple[list, list]:
+    """(unit workers, every actor to release). Specialists that get their own pool
+    (``pooled``) run there, each actor with the specialist's CPUs/GPUs from flows.yaml."""
     import ray
 
     from fm21.faults import arm, worker_env
@@ -143,13 +147,37 @@ def _actors(names: list[str], cfg: PseudolabelConfig, ctx, *, image_size: int, u
     arm()
     ensure_ray(ctx.ray)
     env = worker_env()
-    options = {"num_cpus": cfg.num_cpus, "num_gpus": cfg.num_gpus, **({"runtime_env": {"env_vars": env}} if env else {})}
+    runtime = {"runtime_env": {"env_vars": env}} if env else {}
     cfgs = {n: (cfg.specialists.get(n) or SpecialistConfig()).model_dump() for n in names}
-    remote = ray.remote(LabelWorker).options(**options)
+    pools: dict[str, list] = {}
+    for name in pooled(names, cfg, image_size=image_size):
+        scfg = cfg.specialists[name]
+        remote = ray.remote(SpecialistActor).options(num_cpus=scfg.num_cpus, num_gpus=scfg.num_gpus, **runtime)
+        pools[name] = [remote.remote(name, cfgs[name], image_size=image_size) for _ in range(scfg.concurrency)]
+    remote = ray.remote(LabelWorker).options(num_cpus=cfg.num_cpus, num_gpus=cfg.num_gpus, **runtime)
     ingest = read_manifest(ctx.workdir.manifest("ingest"))
     fraction = sample_fraction(cfg.feature_maps.store, cfg.feature_maps.sample_size, int(ingest["counts"]["accepted"]))
-    return [remote.remote(names, cfgs, image_size=image_size, uri=str(uri), schema=schema, feature_fraction=fraction)
-            for _ in range(cfg.concurrency)]
+    workers = [remote.remote(names, cfgs, image_size=image_size, uri=str(uri), schema=schema,
+                             feature_fraction=fraction, pools=pools)
+               for _ in range(cfg.concurrency)]
+    return workers, [*workers, *(a for pool in pools.values() for a in pool)]
+
+
+def pooled(names: list[str], cfg: PseudolabelConfig, *, image_size: int) -> list[str]:
+    """The specialists that run in an actor pool of their own: ``own_pool`` from flows.yaml,
+    by default every network (weights to load, maybe a GPU); light algorithms run inside
+    the unit workers, where a process of their own would cost more than they do."""
+    out = []
+    for name in names:
+        scfg = cfg.specialists.get(name)
+        if scfg is None:
+            continue
+        own = scfg.own_pool
+        if own is None:
+            own = isinstance(_build(name, scfg, image_size=image_size), NetworkSpecialist)
+        if own:
+            out.append(name)
+    return out
 
 
 def _release(actors: list) -> None:
@@ -213,9 +241,9 @@ def _add_missing_columns(uri: Path, schema: pa.Schema, specialists: dict[str, Sp
     shards = ctx.workdir.shards_dir
     tasks = [{"fragment": f.fragment_id, "version": ds.version,
               "path": str(shards / unit_of[f.data_files()[0].path].split("#")[0])} for f in fragments]
-    actors = _actors(new, cfg, ctx, image_size=image_size, uri=uri, schema=ds.schema)
+    workers, actors = _actors(new, cfg, ctx, image_size=image_size, uri=uri, schema=ds.schema)
     try:
-        results = list(tracked(ActorPool(actors).map_unordered(lambda a, t: a.add_columns.remote(t), tasks),
+        results = list(tracked(ActorPool(workers).map_unordered(lambda a, t: a.add_columns.remote(t), tasks),
                                "pseudolabel-columns", unit="fragment", total=len(tasks)))
     finally:
         _release(actors)

@@ -134,6 +134,22 @@ def test_failed_samples_are_recorded_and_retried_alone(reference, tmp_path, monk
     _assert_same_store(wd.labels_uri, reference.labels_uri, ["key"])
 
 
+def test_specialists_in_their_own_pools_build_the_same_store(reference, tmp_path, monkeypatch):
+    """Depth and Canny each in an actor pool of their own (depth: 2 actors, small batches,
+    so a unit's batches spread over both): same store, and a sample the pooled specialist
+    fails on is recorded alone and retried alone."""
+    wd = _copy_stages(reference, tmp_path / "work", ["ingest"])
+    pools = ["pseudolabel.specialists.depth.own_pool=true", "pseudolabel.specialists.depth.concurrency=2",
+             "pseudolabel.specialists.depth.batch_size=4", "pseudolabel.specialists.canny_edge.own_pool=true"]
+    keys = sorted(lance.dataset(str(reference.labels_uri)).to_table(columns=["key"]).column("key").to_pylist())
+    monkeypatch.setenv("FM21_FAIL_AT", f"depth:{keys[5]}")
+    first = run_stage(_config(wd.root, *pools), "pseudolabel")
+    assert first["counts"]["samples"] == 47 and list(read_records(wd.labels_uri).failed) == [keys[5]]
+    monkeypatch.delenv("FM21_FAIL_AT")
+    run_stage(_config(wd.root, *pools, "pseudolabel.retry_failed=true"), "pseudolabel")
+    _assert_same_store(wd.labels_uri, reference.labels_uri, ["key"])
+
+
 TWO_NODES = """
 import shutil, sys
 import ray
