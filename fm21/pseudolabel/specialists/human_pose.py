@@ -45,7 +45,10 @@ from fm21.pseudolabel.specialists.base import num_samples, sample_image
 from fm21.pseudolabel.specialists.hmr2_model import NUM_BETAS, NUM_BODY_JOINTS, build_hmr2
 from fm21.pseudolabel.specialists.weights import NetworkSpecialist, Preprocess, cache_dir
 
-HMR2_URL = "https://www.cs.utexas.edu/~pavlakos/4dhumans/hmr2_data.tar.gz"  # 4D-Humans' release
+# 4D-Humans' release tarball (its later code fetches the same file from
+# https://people.eecs.berkeley.edu/~jathushan/projects/4dhumans/hmr2_data.tar.gz: set model_id to it
+# if this host no longer serves it)
+HMR2_URL = "https://www.cs.utexas.edu/~pavlakos/4dhumans/hmr2_data.tar.gz"
 YOLO_POSE_ID = "yolo11n-pose.pt"
 NUM_KEYPOINTS = 17  # COCO
 ASPECT = 192 / 256  # HMR2's crop width / height
