@@ -17,9 +17,11 @@ from __future__ import annotations
 from fm21.pseudolabel.specialists.base import Specialist
 from fm21.pseudolabel.specialists.canny_edge import CannyEdge
 from fm21.pseudolabel.specialists.caption import CaptionSource
+from fm21.pseudolabel.specialists.caption_model import CaptionModel
 from fm21.pseudolabel.specialists.color_palette import ColorPalette
 from fm21.pseudolabel.specialists.depth import DepthOracle
 from fm21.pseudolabel.specialists.detection import DetectionOracle
+from fm21.pseudolabel.specialists.human_pose import HumanPose
 from fm21.pseudolabel.specialists.image import ImageColumns
 from fm21.pseudolabel.specialists.metadata import Metadata
 from fm21.pseudolabel.specialists.normal import NormalOracle
@@ -37,9 +39,12 @@ SPECIALISTS: dict[str, type[Specialist]] = {
     "sam_edge": SamEdge,
     "color_palette": ColorPalette,
     "metadata": Metadata,
+    "human_pose": HumanPose,
 }
 
-NETWORKS: dict[str, type[Specialist]] = {}
+NETWORKS: dict[str, type[Specialist]] = {
+    "caption": CaptionModel,
+}
 
 
 def specialist_class(name: str, weights: str = "none") -> type[Specialist]:
