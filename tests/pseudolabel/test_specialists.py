@@ -324,8 +324,10 @@ def test_metadata_from_labels_of_a_synthetic_scene():
     assert md["walkability"] == pytest.approx((gt["semantic"] == 1).mean())
     assert 0.0 < md["geometric_complexity"] < 1.0
     assert 0.0 < md["occlusion_score"] < 0.5
-    for name in ("n_humans", "watermark_score", "aesthetic_score"):
+    for name in ("n_humans", "watermark_score", "aesthetic_score"):  # no human-pose specialist in this run
         assert md[name] is None
+    batch["human_poses"] = [[{"box": [0.1, 0.1, 0.5, 0.9]}, {"box": [0.6, 0.2, 0.9, 0.8]}]]
+    assert make("metadata")(batch)["metadata"][0]["n_humans"] == 2
 
 
 def test_metadata_geometry_and_occlusion_are_hand_checkable():

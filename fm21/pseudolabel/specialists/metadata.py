@@ -6,7 +6,8 @@ are fm21's, chosen to match the field names and the binning ranges:
 - ``original_width``/``original_height``: ``meta["original_size"]`` (``[w, h]``).
 - ``caption_n_chars``/``_n_words``/``_n_sentences``: of the ``caption`` column;
   sentences are runs of text ended by ``.``, ``!``, ``?`` or the end of the caption.
-- ``n_humans``: null until a human-pose specialist exists.
+- ``n_humans``: people the ``human_pose`` specialist found (its ``human_poses`` list;
+  null when the run has no human-pose specialist).
 - ``n_sam_instances``: distinct non-zero ids of the ``instance`` column.
 - ``n_coco_instances``/``coco_instance_diversity``: ``det`` boxes with
   ``score >= det_min_score`` (the det serializer's 0.6) and their distinct class names.
@@ -211,11 +212,15 @@ def original_size(meta: dict | None) -> dict[str, int | None]:
     return {"original_width": int(size[0]), "original_height": int(size[1])}
 
 
+def _count(items: list | None) -> int | None:
+    return None if items is None else len(items)
+
+
 # ------------------------------------------------------------------------ specialist
 class Metadata(Specialist):
     name: ClassVar[str] = "metadata"
     requires: ClassVar[tuple[str, ...]] = (
-        "caption", "det", "semseg", "instance", "normal", "depth",
+        "caption", "det", "semseg", "instance", "normal", "depth", "human_poses",
     )
     Options: ClassVar[type[BaseModel]] = MetadataOptions
 
@@ -237,7 +242,7 @@ class Metadata(Specialist):
         values: dict[str, Any] = {
             **original_size(meta),
             **caption_counts(self._input(batch, "caption", i)),
-            "n_humans": None,  # no human-pose specialist yet
+            "n_humans": _count(self._input(batch, "human_poses", i)),
             **instance_statistics(instance),
             **detection_counts(self._input(batch, "det", i), min_score=opts.det_min_score),
             **image_statistics(sample_image(batch, i, s)),
