@@ -86,7 +86,8 @@ def run_in_order(batch: dict) -> tuple[dict, dict[str, Specialist]]:
         if name in done:
             return
         for column in SPECIALISTS[name].requires:
-            visit(produced[column])
+            if column in produced:  # columns of network specialists: absent from this run
+                visit(produced[column])
         done[name] = make(name)
         done[name].load()
         out = done[name](batch)
