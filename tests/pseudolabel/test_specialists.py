@@ -328,8 +328,8 @@ def test_metadata_from_labels_of_a_synthetic_scene():
     assert 0.0 < md["occlusion_score"] < 0.5
     for name in ("n_humans", "watermark_score", "aesthetic_score"):  # no human-pose specialist in this run
         assert md[name] is None
-    batch["human_poses"] = [[{"box": [0.1, 0.1, 0.5, 0.9]}, {"box": [0.6, 0.2, 0.9, 0.8]}]]
-    assert make("metadata")(batch)["metadata"][0]["n_humans"] == 2
+    batch["human_poses"] = [[{"box": [0.1, 0.1, 0.5, 0.9]}, {"box": [0.6, 0.2, 0.9, 0.8]}], []]
+    assert [m["n_humans"] for m in make("metadata")(batch)["metadata"]] == [2, 0]
 
 
 def test_metadata_geometry_and_occlusion_are_hand_checkable():
