@@ -19,6 +19,9 @@ from fm21.pseudolabel.specialists.metadata import METADATA_FIELDS
 from fm21.store import labels as store
 
 S = 16
+# Specialists that run without weights (oracle, classical, source text). Network-only names
+# (clip, dinov2, imagebind, t5, human_pose, sam) are tested at tiny configs in tests/pseudolabel/specialists/.
+NO_WEIGHTS = [n for n, cls in SPECIALISTS.items() if "none" in cls.supported_weights]
 CLASSES = ["none", "ground", "cube", "sphere"]  # semantic id -> name
 RED, GREEN, SKY, EARTH = (220, 30, 30), (30, 200, 40), (120, 160, 230), (90, 70, 50)
 
@@ -67,10 +70,6 @@ def synthetic_batch() -> dict:
 def real_batch(rgb: np.ndarray, meta: dict | None = None) -> dict:
     """One real-image sample: no ground truth, and no earlier columns unless added."""
     return {"key": ["r0"], "rgb": rgb[None], "gt": [None], "meta": [meta or {}]}
-
-
-# specialists that run without weights (network-only ones have their own test files)
-NO_WEIGHTS = [n for n, cls in SPECIALISTS.items() if "none" in cls.supported_weights]
 
 
 def make(name: str, *, image_size: int = S, **cfg) -> Specialist:

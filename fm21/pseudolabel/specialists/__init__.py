@@ -18,15 +18,19 @@ from fm21.pseudolabel.specialists.base import Specialist
 from fm21.pseudolabel.specialists.canny_edge import CannyEdge
 from fm21.pseudolabel.specialists.caption import CaptionSource
 from fm21.pseudolabel.specialists.caption_model import CaptionModel
+from fm21.pseudolabel.specialists.clip import ClipFeatures
 from fm21.pseudolabel.specialists.color_palette import ColorPalette
 from fm21.pseudolabel.specialists.depth import DepthOracle
 from fm21.pseudolabel.specialists.detection import DetectionOracle
+from fm21.pseudolabel.specialists.dinov2 import Dinov2Features
 from fm21.pseudolabel.specialists.human_pose import HumanPose
 from fm21.pseudolabel.specialists.image import ImageColumns
+from fm21.pseudolabel.specialists.imagebind import ImageBindFeatures
 from fm21.pseudolabel.specialists.metadata import Metadata
 from fm21.pseudolabel.specialists.normal import NormalOracle
 from fm21.pseudolabel.specialists.sam_edge import SamEdge
 from fm21.pseudolabel.specialists.semseg import SemsegOracle
+from fm21.pseudolabel.specialists.t5 import T5CaptionEmbedding
 
 SPECIALISTS: dict[str, type[Specialist]] = {
     "image": ImageColumns,
@@ -40,6 +44,10 @@ SPECIALISTS: dict[str, type[Specialist]] = {
     "color_palette": ColorPalette,
     "metadata": Metadata,
     "human_pose": HumanPose,
+    "clip": ClipFeatures,
+    "dinov2": Dinov2Features,
+    "imagebind": ImageBindFeatures,
+    "t5": T5CaptionEmbedding,
 }
 
 NETWORKS: dict[str, type[Specialist]] = {

@@ -17,7 +17,7 @@ The protocol is :class:`FeatureMapSpecialist`:
   crop; feature maps are returned in their stored dtype, so tokens from stored and from
   recomputed features are the same.
 
-No real feature specialist ships yet; they come with the specialists issue.
+The networks (``clip``, ``dinov2``, ``imagebind``) share their runner in ``feature_network.py``.
 """
 
 from __future__ import annotations
