@@ -19,12 +19,15 @@ from fm21.pseudolabel.specialists.canny_edge import CannyEdge
 from fm21.pseudolabel.specialists.caption import CaptionSource
 from fm21.pseudolabel.specialists.color_palette import ColorPalette
 from fm21.pseudolabel.specialists.depth import DepthOracle
+from fm21.pseudolabel.specialists.depth_dpt import DepthDPT
 from fm21.pseudolabel.specialists.detection import DetectionOracle
 from fm21.pseudolabel.specialists.image import ImageColumns
 from fm21.pseudolabel.specialists.metadata import Metadata
 from fm21.pseudolabel.specialists.normal import NormalOracle
+from fm21.pseudolabel.specialists.normal_dpt import NormalDPT
 from fm21.pseudolabel.specialists.sam_edge import SamEdge
 from fm21.pseudolabel.specialists.semseg import SemsegOracle
+from fm21.pseudolabel.specialists.semseg_mask2former import SemsegMask2Former
 
 SPECIALISTS: dict[str, type[Specialist]] = {
     "image": ImageColumns,
@@ -39,7 +42,11 @@ SPECIALISTS: dict[str, type[Specialist]] = {
     "metadata": Metadata,
 }
 
-NETWORKS: dict[str, type[Specialist]] = {}
+NETWORKS: dict[str, type[Specialist]] = {
+    "depth": DepthDPT,
+    "normal": NormalDPT,
+    "semseg": SemsegMask2Former,
+}
 
 
 def specialist_class(name: str, weights: str = "none") -> type[Specialist]:
