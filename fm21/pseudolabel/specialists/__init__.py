@@ -21,6 +21,7 @@ from fm21.pseudolabel.specialists.caption_model import CaptionModel
 from fm21.pseudolabel.specialists.clip import ClipFeatures
 from fm21.pseudolabel.specialists.color_palette import ColorPalette
 from fm21.pseudolabel.specialists.depth import DepthOracle
+from fm21.pseudolabel.specialists.depth_dpt import DepthDPT
 from fm21.pseudolabel.specialists.detection import DetectionOracle
 from fm21.pseudolabel.specialists.dinov2 import Dinov2Features
 from fm21.pseudolabel.specialists.human_pose import HumanPose
@@ -28,8 +29,10 @@ from fm21.pseudolabel.specialists.image import ImageColumns
 from fm21.pseudolabel.specialists.imagebind import ImageBindFeatures
 from fm21.pseudolabel.specialists.metadata import Metadata
 from fm21.pseudolabel.specialists.normal import NormalOracle
+from fm21.pseudolabel.specialists.normal_dpt import NormalDPT
 from fm21.pseudolabel.specialists.sam_edge import SamEdge
 from fm21.pseudolabel.specialists.semseg import SemsegOracle
+from fm21.pseudolabel.specialists.semseg_mask2former import SemsegMask2Former
 from fm21.pseudolabel.specialists.t5 import T5CaptionEmbedding
 
 SPECIALISTS: dict[str, type[Specialist]] = {
@@ -52,6 +55,9 @@ SPECIALISTS: dict[str, type[Specialist]] = {
 
 NETWORKS: dict[str, type[Specialist]] = {
     "caption": CaptionModel,
+    "depth": DepthDPT,
+    "normal": NormalDPT,
+    "semseg": SemsegMask2Former,
 }
 
 

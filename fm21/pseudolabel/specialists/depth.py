@@ -1,7 +1,7 @@
 """Depth oracle: metric depth from the synthetic scene's ground truth.
 
-Stands in for Omnidata DPT-B-Hybrid v2 (apple/ml-4m `fourm/data/modality_info.py`); the real network is a later
-issue. Metric depth in metres as float16 (label kind ``depth``: stored losslessly as a
+Stands in for Omnidata DPT-B-Hybrid v2 (apple/ml-4m `fourm/data/modality_info.py`); the network is
+``depth_dpt.py`` (``weights: pretrained | path | random``). Metric depth in metres as float16 (label kind ``depth``: stored losslessly as a
 16-bit PNG of the float16 bit patterns, ``fm21.store.encodings``); the tokenizer applies
 the robust per-image standardisation, not this specialist.
 """

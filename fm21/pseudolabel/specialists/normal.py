@@ -1,7 +1,7 @@
 """Surface-normal oracle: camera-frame unit normals from the synthetic ground truth.
 
-Stands in for Omnidata DPT-B-Hybrid v2 normals (apple/ml-4m `fourm/data/modality_info.py`); the real network is a
-later issue. Float16 components in [-1, 1], flattened from (S, S, 3) (label kind
+Stands in for Omnidata DPT-B-Hybrid v2 normals (apple/ml-4m `fourm/data/modality_info.py`); the network
+is ``normal_dpt.py`` (``weights: pretrained | path | random``). Float16 components in [-1, 1], flattened from (S, S, 3) (label kind
 ``unit_vector``: stored as 8 bits per component, error at most 1/254 per component,
 ``fm21.store.encodings``).
 """

@@ -1,7 +1,7 @@
 """Semantic + instance segmentation oracle from the synthetic ground truth.
 
-Stands in for Mask2Former Swin-B (COCO panoptic, apple/ml-4m `fourm/data/modality_info.py`); the real network is a
-later issue. ``semseg`` holds class ids with 0 = "no class" (the reference's +1 shift is
+Stands in for Mask2Former Swin-B (COCO panoptic, apple/ml-4m `fourm/data/modality_info.py`); the network
+is ``semseg_mask2former.py`` (``weights: pretrained | path | random``). ``semseg`` holds class ids with 0 = "no class" (the reference's +1 shift is
 already applied); ``instance`` holds instance ids with 0 = no instance. The class names
 of the synthetic ids travel in the shard json (``meta["synthetic"]["classes"]``).
 """
