@@ -36,15 +36,21 @@ WEIGHT_FILES = ("open_clip_model.safetensors", "open_clip_pytorch_model.bin")  #
 class OpenClipOptions(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    arch: str = "ViT-B-16"  # open_clip model name, or path of an open_clip model-config JSON
+    arch: str = "ViT-B-16"  # open_clip model name, fm21's (open_clip_configs/), or a model-config JSON path
     quick_gelu: bool = False  # the activation the weights were trained with (OpenAI CLIP: QuickGELU)
     preprocess: Preprocess = CLIP_PREPROCESS
 
 
+BUNDLED = Path(__file__).with_name("open_clip_configs")  # fm21's own architectures (the demo's tiny ViT)
+
+
 def model_config(arch: str) -> dict:
-    """The open_clip model config of ``arch`` (a built-in name or a JSON file), registering a file."""
+    """The open_clip model config of ``arch`` (a built-in name, one of fm21's bundled
+    ``open_clip_configs/<name>.json``, or a JSON file), registering a file with open_clip."""
     import open_clip
 
+    if not arch.endswith(".json") and (BUNDLED / f"{arch}.json").is_file():
+        arch = str(BUNDLED / f"{arch}.json")
     if arch.endswith(".json"):
         path = Path(arch).expanduser()
         if not path.is_file():

@@ -15,7 +15,9 @@ Weights: ``pretrained`` = ``T5EncoderModel.from_pretrained("google/t5-v1_1-xxl")
 ``model_id``), ``path`` = a ``save_pretrained`` folder (same call), ``random`` = a ``T5Config``
 from the options (defaults: v1.1 XXL's encoder). The tokenizer is
 ``AutoTokenizer.from_pretrained`` of ``options.tokenizer``, else of the weights' id or folder
-(in random mode: ``model_id``, from the cache).
+(in random mode: ``model_id``, from the cache). ``options.tokenizer: byt5`` takes transformers'
+``ByT5Tokenizer`` (UTF-8 bytes, 384 ids, no files to load): the offline choice for a
+random-init encoder (the demo), with ``vocab_size`` ≥ 384.
 """
 
 from __future__ import annotations
@@ -37,7 +39,7 @@ class T5Options(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     max_seq_len: int = Field(77, ge=1)  # tokens kept per caption, </s> included
-    tokenizer: str | None = None  # hub id or folder; default: the weights' own
+    tokenizer: str | None = None  # hub id or folder, or "byt5" (no files); default: the weights' own
     d_model: int = Field(4096, ge=1)  # stored width; a checkpoint must agree
     # random init only (a checkpoint brings its own); defaults: T5 v1.1 XXL encoder
     num_layers: int = Field(24, ge=1)
@@ -84,6 +86,13 @@ class T5CaptionEmbedding(NetworkSpecialist):
         from transformers import AutoTokenizer
 
         super().load()
+        if self.tokenizer is None and self.options.tokenizer == "byt5":
+            from transformers import ByT5Tokenizer
+
+            self.tokenizer = ByT5Tokenizer()  # bytes: nothing to download
+            if self.model.config.vocab_size < len(self.tokenizer):
+                raise ConfigError(f"'pseudolabel.specialists.t5.options.vocab_size' must be >= {len(self.tokenizer)} "
+                                  "with the byt5 tokenizer")
         if self.tokenizer is None:
             self.tokenizer = AutoTokenizer.from_pretrained(self.tokenizer_location(), cache_dir=str(cache_dir() / "hf"))
 

@@ -114,3 +114,15 @@ def test_registry_entry_reads_the_caption_column():
     field = cls(SpecialistConfig(weights="pretrained"), image_size=16).columns()[0]
     assert field.type.value_type.list_size == MODALITIES["t5_caption"].embedding_dim == 4096
     assert cls.default_model_id == "google/t5-v1_1-xxl"
+
+
+def test_random_init_with_the_byte_tokenizer_needs_no_files():
+    """The demo's offline choice: ByT5's byte tokenizer, a random-init tiny encoder."""
+    t5 = make("random", d_model=D, tokenizer="byt5", vocab_size=384, **{k: v for k, v in TINY.items() if k != "d_model"})
+    out = t5(batch())["t5_caption"]
+    assert out[1] is None and out[3] is None
+    first = np.asarray(out[0], dtype=np.float16)
+    assert first.shape == (MAX_LEN, D) and np.isfinite(first.astype(np.float32)).all()  # 24 bytes, truncated
+    with pytest.raises(ConfigError, match="vocab_size"):
+        make("random", d_model=D, tokenizer="byt5", vocab_size=100,
+             **{k: v for k, v in TINY.items() if k != "d_model"})(batch())
