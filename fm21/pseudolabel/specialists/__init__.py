@@ -20,9 +20,11 @@ from fm21.pseudolabel.specialists.caption import CaptionSource
 from fm21.pseudolabel.specialists.color_palette import ColorPalette
 from fm21.pseudolabel.specialists.depth import DepthOracle
 from fm21.pseudolabel.specialists.detection import DetectionOracle
+from fm21.pseudolabel.specialists.detection_net import DetectionNet
 from fm21.pseudolabel.specialists.image import ImageColumns
 from fm21.pseudolabel.specialists.metadata import Metadata
 from fm21.pseudolabel.specialists.normal import NormalOracle
+from fm21.pseudolabel.specialists.sam import SamInstances
 from fm21.pseudolabel.specialists.sam_edge import SamEdge
 from fm21.pseudolabel.specialists.semseg import SemsegOracle
 
@@ -37,9 +39,12 @@ SPECIALISTS: dict[str, type[Specialist]] = {
     "sam_edge": SamEdge,
     "color_palette": ColorPalette,
     "metadata": Metadata,
+    "sam": SamInstances,
 }
 
-NETWORKS: dict[str, type[Specialist]] = {}
+NETWORKS: dict[str, type[Specialist]] = {
+    "detection": DetectionNet,
+}
 
 
 def specialist_class(name: str, weights: str = "none") -> type[Specialist]:
