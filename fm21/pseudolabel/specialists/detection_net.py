@@ -38,6 +38,7 @@ import numpy as np
 import pyarrow as pa
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from fm21.config import SpecialistConfig
 from fm21.pseudolabel.specialists.base import num_samples, sample_image
 from fm21.pseudolabel.specialists.detection import BOX_STRUCT
 from fm21.pseudolabel.specialists.weights import (
@@ -122,7 +123,7 @@ class DetectionNet(NetworkSpecialist):
     Options: ClassVar[type[BaseModel]] = DetectionNetOptions
     default_model_id: ClassVar[str] = DEFAULT_MODEL_IDS["yolo"]
 
-    def __init__(self, cfg, *, image_size: int) -> None:
+    def __init__(self, cfg: SpecialistConfig, *, image_size: int) -> None:
         super().__init__(cfg, image_size=image_size)
         self.labels: dict[int, str | None] = {}  # model label id -> COCO name (None: not COCO-80), set by load
 

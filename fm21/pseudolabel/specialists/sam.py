@@ -42,7 +42,7 @@ import numpy as np
 import pyarrow as pa
 from pydantic import BaseModel, ConfigDict, Field
 
-from fm21.config import ConfigError
+from fm21.config import ConfigError, SpecialistConfig
 from fm21.pseudolabel.specialists.base import num_samples, sample_image
 from fm21.pseudolabel.specialists.weights import NetworkSpecialist, cache_dir
 
@@ -205,7 +205,7 @@ class SamInstances(NetworkSpecialist):
 
     generator: Any = None
 
-    def __init__(self, cfg, *, image_size: int) -> None:
+    def __init__(self, cfg: SpecialistConfig, *, image_size: int) -> None:
         super().__init__(cfg, image_size=image_size)
         if cfg.weights == "pretrained" and not cfg.model_id and self.options.model_type == "tiny":
             raise ConfigError("'pseudolabel.specialists.sam': model_type tiny has no released checkpoint; "
