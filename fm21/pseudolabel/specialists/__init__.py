@@ -23,6 +23,7 @@ from fm21.pseudolabel.specialists.color_palette import ColorPalette
 from fm21.pseudolabel.specialists.depth import DepthOracle
 from fm21.pseudolabel.specialists.depth_dpt import DepthDPT
 from fm21.pseudolabel.specialists.detection import DetectionOracle
+from fm21.pseudolabel.specialists.detection_net import DetectionNet
 from fm21.pseudolabel.specialists.dinov2 import Dinov2Features
 from fm21.pseudolabel.specialists.human_pose import HumanPose
 from fm21.pseudolabel.specialists.image import ImageColumns
@@ -30,6 +31,7 @@ from fm21.pseudolabel.specialists.imagebind import ImageBindFeatures
 from fm21.pseudolabel.specialists.metadata import Metadata
 from fm21.pseudolabel.specialists.normal import NormalOracle
 from fm21.pseudolabel.specialists.normal_dpt import NormalDPT
+from fm21.pseudolabel.specialists.sam import SamInstances
 from fm21.pseudolabel.specialists.sam_edge import SamEdge
 from fm21.pseudolabel.specialists.semseg import SemsegOracle
 from fm21.pseudolabel.specialists.semseg_mask2former import SemsegMask2Former
@@ -51,6 +53,7 @@ SPECIALISTS: dict[str, type[Specialist]] = {
     "dinov2": Dinov2Features,
     "imagebind": ImageBindFeatures,
     "t5": T5CaptionEmbedding,
+    "sam": SamInstances,
 }
 
 NETWORKS: dict[str, type[Specialist]] = {
@@ -58,6 +61,7 @@ NETWORKS: dict[str, type[Specialist]] = {
     "depth": DepthDPT,
     "normal": NormalDPT,
     "semseg": SemsegMask2Former,
+    "detection": DetectionNet,
 }
 
 
