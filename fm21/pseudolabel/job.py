@@ -30,7 +30,7 @@ from fm21.pseudolabel.worker import RAW_COLUMNS, LabelWorker, SpecialistActor, b
 from fm21.store import fs
 from fm21.store import labels as store
 from fm21.store import units as unit_store
-from fm21.store.manifest import read_manifest
+from fm21.store.manifest import fingerprint_of, read_manifest
 from fm21.store.stats import label_store_stats
 
 log = logging.getLogger("fm21")
@@ -82,10 +82,26 @@ def _build(name: str, cfg: SpecialistConfig | None, *, image_size: int) -> Speci
     return build_specialist(name, cfg, image_size=image_size)
 
 
+LABELS_FP = b"labels_fingerprint"
+
+
+def labels_fingerprints(specialists: dict[str, Specialist]) -> dict[str, str]:
+    """Per specialist (plan order), what its columns depend on: its own weights fingerprint
+    and, through ``requires``, those of the specialists whose columns it reads, or their
+    absence (SAM edges change when SAM is enabled; metadata when the depth network does)."""
+    produced = {f.name: n for n, s in specialists.items() for f in s.columns()}
+    out: dict[str, str] = {}
+    for name, spec in specialists.items():
+        inputs = {c: out.get(produced.get(c, ""), "absent") for c in spec.requires if produced.get(c) != name}
+        out[name] = fingerprint_of({"own": spec.weights_fingerprint(), "inputs": inputs})[:16]
+    return out
+
+
 def labels_schema(specialists: dict[str, Specialist], *, ingest_fp: str) -> pa.Schema:
     fields = [pa.field("key", pa.string(), nullable=False)]
-    for spec in specialists.values():
-        fields.extend(spec.columns())
+    fps = labels_fingerprints(specialists)
+    for name, spec in specialists.items():
+        fields.extend(f.with_metadata({**f.metadata, LABELS_FP: fps[name].encode()}) for f in spec.columns())
     provenance = {n: s.provenance() for n, s in specialists.items()}
     return pa.schema(fields, metadata={
         store.META_INGEST: ingest_fp.encode(),
@@ -106,6 +122,7 @@ def run_pseudolabel(cfg: PseudolabelConfig, ctx) -> dict:
     if unit_store.drop_if_unrecorded(uri, records):
         records = unit_store.Records({}, {})
     unit_store.ensure_store(uri, schema)
+    recomputed = _drop_stale_columns(uri, schema)
     added = _add_missing_columns(uri, schema, specialists, cfg, ctx, image_size=image_size, records=records)
     units = _plan_units(ctx.workdir.shard_paths(), records, retry_failed=cfg.retry_failed, uri=uri)
     counts = {"units": 0, "rows": 0, "failed": 0, "commits": 0, "nodes": 0}
@@ -118,7 +135,7 @@ def run_pseudolabel(cfg: PseudolabelConfig, ctx) -> dict:
         finally:
             _release(actors)
     _sync_metadata(uri, schema)
-    return _summary(uri, specialists, counts=counts, added_columns=added)
+    return _summary(uri, specialists, counts=counts, added_columns=added, recomputed_columns=recomputed)
 
 
 def _plan_units(shards: list[Path], records: unit_store.Records, *, retry_failed: bool, uri: Path) -> list[dict]:
@@ -208,13 +225,36 @@ def _same_storage(have: pa.Field, want: pa.Field) -> bool:
     return have.type == want.type and same_meta
 
 
+def _drop_stale_columns(uri: Path, schema: pa.Schema) -> list[str]:
+    """Drop the columns whose labels fingerprint changed (the specialist's weights or
+    options, or what it reads); ``_add_missing_columns`` then recomputes them fragment by
+    fragment. Dropping is a metadata change: no data file is rewritten."""
+    ds = store.open_dataset(uri)
+    have = ds.schema
+    stale = [f.name for f in schema if f.name != "key" and f.name in have.names
+             and (have.field(f.name).metadata or {}).get(LABELS_FP) != (f.metadata or {}).get(LABELS_FP)]
+    if stale and ds.count_rows() > 0:
+        log.info("pseudolabel: %s changed (specialist or its inputs); recomputing", ", ".join(stale))
+        ds.drop_columns(stale)
+    return stale if ds.count_rows() > 0 else []
+
+
 def _sync_metadata(uri: Path, schema: pa.Schema) -> None:
-    """Provenance of the run's specialists into the store's schema metadata (idempotent)."""
+    """Provenance of the run's specialists into the store's schema metadata, and each
+    column's field metadata (labels fingerprint) as wanted (idempotent). Columns added by a
+    Merge carry their specialist's fields as the workers wrote them; a kill before this
+    leaves them without a labels fingerprint, so the next run recomputes them (never the
+    reverse: a fingerprint is written only after its data is committed)."""
     ds = store.open_dataset(uri)
     wanted = {k.decode(): v.decode() for k, v in schema.metadata.items()}
     have = {k.decode(): v.decode() for k, v in (ds.schema.metadata or {}).items()}
     if have != wanted:
         ds.update_schema_metadata(wanted, replace=True)
+    updates = {f.name: {k.decode(): v.decode() for k, v in (f.metadata or {}).items()}
+               for f in schema if f.name in ds.schema.names and f.metadata
+               and (ds.schema.field(f.name).metadata or {}) != f.metadata}
+    if updates:
+        ds.update_field_metadata(updates, replace=True)
 
 
 def _add_missing_columns(uri: Path, schema: pa.Schema, specialists: dict[str, Specialist], cfg: PseudolabelConfig,
@@ -257,7 +297,8 @@ def _add_missing_columns(uri: Path, schema: pa.Schema, specialists: dict[str, Sp
     return added
 
 
-def _summary(uri: Path, specialists: dict, *, counts: dict[str, int], added_columns: list[str]) -> dict:
+def _summary(uri: Path, specialists: dict, *, counts: dict[str, int], added_columns: list[str],
+             recomputed_columns: list[str]) -> dict:
     ds = store.open_dataset(uri)
     records = unit_store.read_records(uri)
     return {
@@ -270,6 +311,7 @@ def _summary(uri: Path, specialists: dict, *, counts: dict[str, int], added_colu
         "failed_samples": len(records.failed),
         "orphan_files": len(unit_store.orphan_files(uri)),
         "added_columns": added_columns,
+        "recomputed_columns": recomputed_columns,  # their specialist or its inputs changed
         "specialists": list(specialists),
         "random_specialists": [n for n, s in specialists.items() if s.is_random],
         "oracle_specialists": [n for n, s in specialists.items() if s.oracle],

@@ -9,6 +9,7 @@ import lance
 import numpy as np
 import pytest
 
+from fm21.config import SpecialistConfig
 from fm21.pseudolabel.job import plan_specialists
 from fm21.stages import run_stage
 from fm21.store import labels as store
@@ -115,6 +116,55 @@ def test_newly_enabled_specialist_adds_columns_without_rewriting(labelled):
     order = {k: i for i, k in enumerate(canny["key"])}
     np.testing.assert_array_equal(canny["canny_edge"][[order[k] for k in from_scratch["key"]]],
                                   from_scratch["canny_edge"])
+
+
+def _sorted_maps(uri, column):
+    maps = store.read_maps(uri, [column])
+    order = np.argsort(maps["key"])
+    return maps[column][order]
+
+
+def test_changed_specialist_recomputes_only_its_columns(labelled):
+    """New Canny thresholds: only canny_edge is recomputed (a new data file per fragment,
+    the others untouched); back to the old ones gives the old values again."""
+    cfg, wd, _ = labelled
+    from fm21.config import load_config
+
+    base = [f"workdir={wd.root}", "ingest.synthetic.num_samples=40", "ingest.samples_per_shard=16",
+            "pseudolabel.units_per_commit=2"]
+    changed = load_config(ROOT / "flows.yaml", recipe=ROOT / "configs" / "tiny.yaml", overrides=[
+        *base, "pseudolabel.specialists.canny_edge.options.low_threshold=10",
+        "pseudolabel.specialists.canny_edge.options.high_threshold=30"])
+    canny_before, depth_before = _sorted_maps(wd.labels_uri, "canny_edge"), _sorted_maps(wd.labels_uri, "depth")
+    files_before = _data_files(wd.labels_uri)
+    result = run_stage(changed, "pseudolabel")
+    assert result["counts"]["recomputed_columns"] == ["canny_edge"] and result["counts"]["new_units"] == 0
+    assert (_sorted_maps(wd.labels_uri, "canny_edge") > 0).sum() > (canny_before > 0).sum()  # lower thresholds
+    np.testing.assert_array_equal(_sorted_maps(wd.labels_uri, "depth"), depth_before)
+    files_after = _data_files(wd.labels_uri)
+    for fragment, files in files_before.items():  # one new file each; only a file holding nothing
+        new, gone = set(files_after[fragment]) - set(files), set(files) - set(files_after[fragment])
+        assert len(new) == 1 and len(gone) <= 1  # but the old canny column leaves the fragment
+    again = run_stage(changed, "pseudolabel", force=True)
+    assert again["counts"]["recomputed_columns"] == []  # the fingerprint is stored with the column
+    back = run_stage(cfg, "pseudolabel")
+    assert back["counts"]["recomputed_columns"] == ["canny_edge"]
+    np.testing.assert_array_equal(_sorted_maps(wd.labels_uri, "canny_edge"), canny_before)
+
+
+def test_labels_fingerprint_follows_the_inputs(tiny_config):
+    """SAM edges read the instance map: enabling or changing its producer changes them."""
+    from fm21.pseudolabel.job import labels_fingerprints
+    from fm21.pseudolabel.worker import build_specialist
+
+    def fps(names, **options):
+        return labels_fingerprints({n: build_specialist(n, SpecialistConfig(options=options.get(n, {})),
+                                                        image_size=16) for n in names})
+
+    with_instances, without = fps(["semseg", "sam_edge"]), fps(["sam_edge"])
+    assert with_instances["sam_edge"] != without["sam_edge"]
+    thicker = fps(["semseg", "sam_edge"], sam_edge={"thickness": 2})
+    assert thicker["sam_edge"] != with_instances["sam_edge"] and thicker["semseg"] == with_instances["semseg"]
 
 
 def test_plan_orders_requirements_first(tiny_config):
