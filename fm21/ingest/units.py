@@ -21,8 +21,9 @@ order, as the sequential reader did) and only the tars holding such a key are re
 Every task streams its tar straight to the store (``fm21.store.fs.open_atomic``: locally
 a temporary name renamed into place, on an object store one upload completed at the end),
 then writes its unit record ``units/unit-{i:06d}.json`` (counts, rejects with reasons, the
-input digest) the same way, so a shard or record that exists is complete. The record is the unit's commit: a rerun (same config, same staging
-folder) skips units whose record exists with the same input digest and redoes the rest.
+input digest) the same way, so a shard or record that exists is complete. The record is
+the unit's commit: a rerun (same config, same staging folder) skips units whose record
+exists with the same input digest and redoes the rest.
 ``inputs == accepted + rejected`` holds per unit and in total. The tars are byte-identical
 with or without Ray, and after a resume.
 """
@@ -228,7 +229,7 @@ def write_input_shard(cfg: dict[str, Any], *, unit: dict[str, Any], directory: s
             keys.append(inverse.get(item.key, item.key))
             crash_point("ingest.in_shard")
         tar.close()
-    if not keys:  # every input rejected: no shard
+    if not keys:  # every input rejected: no shard (the empty tar has no record yet: a rerun redoes it)
         path.unlink(missing_ok=True)
     fs.write_atomic(_keys_path(root, index), "".join(k + "\n" for k in sorted(keys)))
     record = {"index": index, "digest": unit["digest"], "inputs": len(keys) + len(rejects),

@@ -104,8 +104,14 @@ def open_input(location: str | Path | UriPath) -> IO[bytes]:
 
 
 def read_bytes(location: str | Path | UriPath) -> bytes:
-    with open_input(location) as stream:
-        return stream.read()
+    """The whole file; ``FileNotFoundError`` if there is none (as ``Path.read_bytes``)."""
+    try:
+        with open_input(location) as stream:
+            return stream.read()
+    except OSError as err:  # pyarrow reports a missing object as a plain OSError on S3
+        if isinstance(err, FileNotFoundError) or not exists(location):
+            raise FileNotFoundError(f"no file at {location}") from err
+        raise
 
 
 @contextlib.contextmanager
@@ -248,12 +254,7 @@ class UriPath:
         pass  # a prefix needs no folder object
 
     def read_bytes(self) -> bytes:
-        try:
-            return read_bytes(self)
-        except OSError as err:  # pyarrow's "not found" is an OSError; keep Path's exception
-            if not self.is_file():
-                raise FileNotFoundError(f"no object at {self}") from err
-            raise
+        return read_bytes(self)
 
     def read_text(self, encoding: str = "utf-8") -> str:
         return self.read_bytes().decode(encoding)

@@ -1,4 +1,4 @@
-"""The unit protocol on an S3-compatible object store: moto's server on 127.0.0.1 (tests/store/conftest.py).
+"""The unit protocol on an S3-compatible object store: moto's server on 127.0.0.1 (tests/conftest.py).
 A worker streams a shard from s3://, writes its labels fragment to s3://, the driver
 commits it with its unit record; an uncommitted fragment is an orphan, never counted."""
 
