@@ -216,11 +216,9 @@ def ui(
 
 def _echo_outputs(cfg: FlowConfig) -> None:
     """Where the run's results are, and the evaluation table if there is one."""
-    from pathlib import Path
-
     from fm21.store.layout import Workdir
 
-    wd = Workdir(Path(cfg.workdir))
+    wd = Workdir(cfg.workdir)
     typer.echo(f"\nworkdir {wd.root}: shards {wd.shards_dir}, labels {wd.labels_uri}, tokens {wd.tokens_uri}")
     report = wd.reports_dir / "report.md"
     if report.exists():
@@ -236,12 +234,10 @@ def stats(
     labels: Annotated[bool, typer.Option("--labels", help="labels.lance: bytes per sample per column")] = False,
 ) -> None:
     """Token-store statistics: rows, per-modality coverage, codebook usage, perplexity, bytes."""
-    from pathlib import Path
-
     from fm21.store.layout import Workdir
     from fm21.store.stats import format_label_stats, format_stats, label_store_stats, token_store_stats
 
-    wd = Workdir(Path(_cfg().workdir))
+    wd = Workdir(_cfg().workdir)
     uri, stage = (wd.labels_uri, "pseudolabel") if labels else (wd.tokens_uri, "tokens")
     if not uri.exists():
         typer.echo(f"error: no store at {uri}; run `make {stage}` first", err=True)

@@ -88,5 +88,10 @@ def injected_failure(specialist: str, keys: list[str]) -> None:
 
 
 def worker_env() -> dict[str, str]:
-    """The fault settings Ray workers must see (passed as their runtime_env)."""
-    return {k: v for k, v in os.environ.items() if k in (CRASH_ENV, COUNT_DIR_ENV, PGID_ENV, FAIL_ENV)}
+    """The settings Ray workers must see (passed as their runtime_env): the fault settings,
+    and the object store's endpoint and credentials (``fm21.store.fs.storage_env``), which a
+    Ray started before they were set, or a cluster's workers, would not have."""
+    from fm21.store.fs import storage_env
+
+    faults = {k: v for k, v in os.environ.items() if k in (CRASH_ENV, COUNT_DIR_ENV, PGID_ENV, FAIL_ENV)}
+    return {**faults, **storage_env()}

@@ -15,7 +15,6 @@ import os
 import sys
 import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Callable
 
 import fm21
@@ -61,7 +60,7 @@ class RunContext:
 
     @classmethod
     def from_config(cls, cfg: FlowConfig) -> RunContext:
-        return cls(workdir=Workdir(Path(cfg.workdir)), seed=cfg.seed, specs=cfg.specs(), ray=cfg.ray)
+        return cls(workdir=Workdir(cfg.workdir), seed=cfg.seed, specs=cfg.specs(), ray=cfg.ray)
 
 
 def _stage_fn(name: str) -> Callable[[Any, RunContext], dict]:
@@ -104,7 +103,7 @@ def upstream_manifests(workdir: Workdir, name: str) -> dict[str, dict]:
 
 def stage_fingerprint(cfg: FlowConfig, name: str, upstream: dict[str, dict] | None = None) -> str:
     if upstream is None:
-        upstream = upstream_manifests(Workdir(Path(cfg.workdir)), name)
+        upstream = upstream_manifests(Workdir(cfg.workdir), name)
     payload = {
         "stage": name,
         "config": stage_slice(cfg, name).model_dump(mode="json"),

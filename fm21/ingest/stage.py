@@ -8,30 +8,29 @@ tasks when a Ray config is given (the same bytes without). They write into a hid
 staging folder named by the fingerprint of the config (and, for synthetic scenes, the
 seed), swapped in at the end, so a killed run never leaves a half-written store that looks
 complete and its rerun keeps the units it had finished. Staging leftovers of other configs
-are removed on the next run.
+are removed on the next run. The workdir may be an object store (``s3://``): every write
+goes through ``fm21.store.fs``, and the swap copies objects (no renames there).
 """
 
 from __future__ import annotations
 
 import logging
-import os
-import shutil
-import uuid
 from collections.abc import Iterator
-from pathlib import Path
 
 from fm21.config import IngestConfig, RayConfig
 from fm21.ingest.shards import ShardSample, synthetic_key, synthetic_sample
 from fm21.ingest.sources import Rejection, iter_folder, iter_webdataset
 from fm21.ingest.synthetic import render_scene
 from fm21.ingest.units import SCENE_SEED_STRIDE, build_inputs, build_synthetic, decode_input, num_synthetic_shards
+from fm21.store import fs
+from fm21.store.fs import Location
 from fm21.store.layout import Workdir
 from fm21.store.manifest import fingerprint_of
 
 log = logging.getLogger(__name__)
 
 _STAGING_PREFIX = ".staging-"
-_RETIRED_PREFIX = ".retired-"
+_RETIRED_PREFIX = ".retired-"  # where fs.replace_tree moves the old shards aside
 __all__ = ["SCENE_SEED_STRIDE", "iter_samples", "run_ingest"]
 
 
@@ -55,7 +54,8 @@ def run_ingest(cfg: IngestConfig, *, workdir: Workdir, seed: int, ray: RayConfig
         summary = {"source": cfg.source, "path": cfg.path, **build_inputs(cfg, staging=staging, ray=ray),
                    "image_size": cfg.image_size}
     _publish(staging, workdir=workdir)
-    shutil.rmtree(staging, ignore_errors=True)
+    if staging.exists():
+        fs.remove_tree(staging)
     log.info(
         "ingest (%s): %d inputs, %d accepted, %d rejected %s, %d shards",
         summary["source"], summary["inputs"], summary["accepted"], summary["rejected"],
@@ -88,29 +88,26 @@ def _iter_synthetic(cfg: IngestConfig, *, seed: int) -> Iterator[ShardSample]:
         yield synthetic_sample(scene, key=synthetic_key(seed, index), index=index)
 
 
-def _build_synthetic(cfg: IngestConfig, *, staging: Path, seed: int, ray: RayConfig | None) -> dict:
+def _build_synthetic(cfg: IngestConfig, *, staging: Location, seed: int, ray: RayConfig | None) -> dict:
     """Missing shards only (a killed run's finished shards stay); scenes are never rejected."""
     units = build_synthetic(cfg, shards_dir=staging / "shards", seed=seed, ray=ray)
-    (staging / "rejects.jsonl").write_text("")
+    fs.write_atomic(staging / "rejects.jsonl", b"")
     num = cfg.synthetic.num_samples
     return {"source": cfg.source, "path": cfg.path, "inputs": num, "accepted": num, "rejected": 0,
             "rejected_by_reason": {}, "shards": num_synthetic_shards(cfg), "image_size": cfg.image_size, **units}
 
 
-def _publish(staging: Path, *, workdir: Workdir) -> None:
-    """Swap the staged shards and rejects in. The old shards are first moved aside, so a
-    reader sees either no ``shards/`` or a complete one, never a partial one."""
-    stage_dir = workdir.stage_dir("ingest")
-    retired = stage_dir / f"{_RETIRED_PREFIX}{uuid.uuid4().hex[:12]}"
-    if workdir.shards_dir.exists():
-        os.replace(workdir.shards_dir, retired)
-    os.replace(staging / "shards", workdir.shards_dir)
-    os.replace(staging / "rejects.jsonl", workdir.rejects)
-    shutil.rmtree(retired, ignore_errors=True)
+def _publish(staging: Location, *, workdir: Workdir) -> None:
+    """Swap the staged shards and rejects in. Locally the old shards are first moved aside,
+    so a reader sees either no ``shards/`` or a complete one, never a partial one. On an
+    object store the staged objects are copied in; the ingest manifest, written after,
+    is what marks them complete (a killed swap is redone from the staging folder)."""
+    fs.replace_tree(staging / "shards", workdir.shards_dir)
+    fs.move(staging / "rejects.jsonl", workdir.rejects)
 
 
-def _remove_leftovers(stage_dir: Path, *, keep: str) -> None:
+def _remove_leftovers(stage_dir: Location, *, keep: str) -> None:
     """Staging and retired folders of earlier runs that were killed (but the one to resume)."""
     for path in stage_dir.iterdir():
         if path.is_dir() and path.name != keep and path.name.startswith((_STAGING_PREFIX, _RETIRED_PREFIX)):
-            shutil.rmtree(path, ignore_errors=True)
+            fs.remove_tree(path)

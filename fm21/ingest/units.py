@@ -18,10 +18,12 @@ tars are found afterwards by a streaming k-way merge of the units' sorted key li
 O(units)); every occurrence after the first becomes ``<key>-dup<n>`` (n = 1, 2, ... in tar
 order, as the sequential reader did) and only the tars holding such a key are rewritten.
 
-Every task writes its tar under a temporary name and renames it into place, then writes
-its unit record ``units/unit-{i:06d}.json`` (counts, rejects with reasons, the input
-digest) the same way. The record is the unit's commit: a rerun (same config, same staging
-folder) skips units whose record exists with the same input digest and redoes the rest.
+Every task streams its tar straight to the store (``fm21.store.fs.open_atomic``: locally
+a temporary name renamed into place, on an object store one upload completed at the end),
+then writes its unit record ``units/unit-{i:06d}.json`` (counts, rejects with reasons, the
+input digest) the same way, so a shard or record that exists is complete. The record is
+the unit's commit: a rerun (same config, same staging folder) skips units whose record
+exists with the same input digest and redoes the rest.
 ``inputs == accepted + rejected`` holds per unit and in total. The tars are byte-identical
 with or without Ray, and after a resume.
 """
@@ -30,9 +32,9 @@ from __future__ import annotations
 
 import hashlib
 import heapq
+import io
 import json
 import logging
-import os
 import stat
 from collections import Counter
 from collections.abc import Iterator
@@ -57,6 +59,8 @@ from fm21.ingest.sources import (
 )
 from fm21.ingest.synthetic import render_scene
 from fm21.progress import progress
+from fm21.store import fs
+from fm21.store.fs import Location, as_location
 
 log = logging.getLogger(__name__)
 
@@ -70,9 +74,8 @@ def num_synthetic_shards(cfg: IngestConfig) -> int:
     return -(-cfg.synthetic.num_samples // cfg.samples_per_shard)
 
 
-def _open_tar(path: Path) -> tuple[Path, wds.TarWriter]:
-    tmp = path.with_name(f".tmp-{path.name}")  # not matched by the shard-*.tar glob
-    return tmp, wds.TarWriter(str(tmp), encoder=False, mtime=_FIXED_MTIME)
+def _tar_writer(stream) -> wds.TarWriter:
+    return wds.TarWriter(stream, encoder=False, mtime=_FIXED_MTIME)
 
 
 def write_synthetic_shard(cfg: dict[str, Any], *, seed: int, index: int, directory: str) -> dict[str, Any]:
@@ -81,17 +84,15 @@ def write_synthetic_shard(cfg: dict[str, Any], *, seed: int, index: int, directo
     syn = icfg.synthetic
     start = index * icfg.samples_per_shard
     stop = min(start + icfg.samples_per_shard, syn.num_samples)
-    path = Path(directory) / SHARD_PATTERN.format(index)
-    tmp, tar = _open_tar(path)
-    try:
+    path = as_location(directory) / SHARD_PATTERN.format(index)
+    with fs.open_atomic(path) as stream:
+        tar = _tar_writer(stream)
         for i in range(start, stop):
             scene = render_scene(seed * SCENE_SEED_STRIDE + i, icfg.image_size,
                                  min_objects=syn.min_objects, max_objects=syn.max_objects)
             tar.write(synthetic_sample(scene, key=synthetic_key(seed, i), index=i).as_wds())
             crash_point("ingest.in_shard")
-    finally:
-        tar.close()
-    os.replace(tmp, path)
+        tar.close()  # the tar's end blocks; the stream is closed (committed) by open_atomic
     crash_point("ingest.after_shard")
     return {"shard": index, "samples": stop - start, "node": _node_id()}
 
@@ -102,10 +103,11 @@ def _node_id() -> str:
     return ray.get_runtime_context().get_node_id() if ray.is_initialized() else ""
 
 
-def build_synthetic(cfg: IngestConfig, *, shards_dir: Path, seed: int, ray: RayConfig | None) -> dict[str, int]:
+def build_synthetic(cfg: IngestConfig, *, shards_dir: Location, seed: int, ray: RayConfig | None) -> dict[str, int]:
     """Write the shards that are missing; in Ray tasks when a Ray config is given."""
     shards_dir.mkdir(parents=True, exist_ok=True)
-    todo = [i for i in range(num_synthetic_shards(cfg)) if not (shards_dir / SHARD_PATTERN.format(i)).exists()]
+    done = set(fs.list_names(shards_dir))  # one listing, not one request per shard
+    todo = [i for i in range(num_synthetic_shards(cfg)) if SHARD_PATTERN.format(i) not in done]
     args = {"cfg": cfg.model_dump(mode="json"), "seed": seed, "directory": str(shards_dir)}
     units = ({**args, "index": i} for i in todo)
     results = list(_run(write_synthetic_shard, units, num_cpus=cfg.num_cpus, ray_cfg=ray, total=len(todo)))
@@ -224,14 +226,13 @@ def write_input_shard(cfg: dict[str, Any], *, unit: dict[str, Any], directory: s
     icfg = IngestConfig.model_validate(cfg)
     renames = renames or {}
     index = unit["index"]
-    root = Path(directory)
+    root = as_location(directory)
     path = root / "shards" / SHARD_PATTERN.format(index)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp, tar = _open_tar(path)
     rejects: list[dict] = []
     keys: list[str] = []
     inverse = {v: k for k, v in renames.items()}
-    try:
+    with fs.open_atomic(path) as stream:
+        tar = _tar_writer(stream)
         for item in _unit_samples(icfg, unit, renames):
             if isinstance(item, Rejection):
                 rejects.append(item.record())
@@ -239,17 +240,10 @@ def write_input_shard(cfg: dict[str, Any], *, unit: dict[str, Any], directory: s
             tar.write(item.as_wds())
             keys.append(inverse.get(item.key, item.key))
             crash_point("ingest.in_shard")
-    finally:
         tar.close()
-    if keys:
-        os.replace(tmp, path)
-    else:  # every input rejected: no shard
-        tmp.unlink(missing_ok=True)
+    if not keys:  # every input rejected: no shard (the empty tar has no record yet: a rerun redoes it)
         path.unlink(missing_ok=True)
-    keys_path = root / "units" / KEYS_PATTERN.format(index)
-    keys_path.parent.mkdir(parents=True, exist_ok=True)
-    keys_path.with_name(f".tmp-{keys_path.name}").write_text("".join(k + "\n" for k in sorted(keys)))
-    os.replace(keys_path.with_name(f".tmp-{keys_path.name}"), keys_path)
+    fs.write_atomic(_keys_path(root, index), "".join(k + "\n" for k in sorted(keys)))
     record = {"index": index, "digest": unit["digest"], "inputs": len(keys) + len(rejects),
               "accepted": len(keys), "rejected": len(rejects), "rejects": rejects, "renames": renames}
     _write_json(root / "units" / UNIT_PATTERN.format(index), record)  # last: the unit's commit
@@ -257,11 +251,8 @@ def write_input_shard(cfg: dict[str, Any], *, unit: dict[str, Any], directory: s
     return {"index": index, "node": _node_id(), "accepted": len(keys)}
 
 
-def _write_json(path: Path, payload: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".tmp-{path.name}")
-    tmp.write_text(json.dumps(payload, sort_keys=True))
-    os.replace(tmp, path)
+def _write_json(path: Location, payload: dict) -> None:
+    fs.write_atomic(path, json.dumps(payload, sort_keys=True))
 
 
 def _key_stream(lines, index: int) -> Iterator[tuple[str, int]]:
@@ -269,16 +260,23 @@ def _key_stream(lines, index: int) -> Iterator[tuple[str, int]]:
         yield line.rstrip("\n"), index
 
 
-def _keys_path(directory: Path, index: int) -> Path:
+def _keys_path(directory: Location, index: int) -> Location:
     return directory / "units" / KEYS_PATTERN.format(index)
 
 
-def _read_record(directory: Path, index: int) -> dict | None:
-    path = directory / "units" / UNIT_PATTERN.format(index)
-    return json.loads(path.read_text()) if path.exists() else None
+def _open_keys(directory: Location, index: int) -> io.TextIOWrapper:
+    """A unit's key file as text lines, streamed (not read whole)."""
+    return io.TextIOWrapper(fs.open_input(_keys_path(directory, index)), encoding="utf-8")
 
 
-def build_inputs(cfg: IngestConfig, *, staging: Path, ray: RayConfig | None) -> dict[str, Any]:
+def _read_record(directory: Location, index: int) -> dict | None:
+    try:
+        return json.loads(fs.read_bytes(directory / "units" / UNIT_PATTERN.format(index)))
+    except FileNotFoundError:
+        return None
+
+
+def build_inputs(cfg: IngestConfig, *, staging: Location, ray: RayConfig | None) -> dict[str, Any]:
     """Folder/webdataset ingest as units into ``staging`` (``shards/``, ``units/``,
     ``rejects.jsonl``); units already recorded with the same input digest are kept."""
     if not cfg.path:
@@ -313,13 +311,13 @@ def build_inputs(cfg: IngestConfig, *, staging: Path, ray: RayConfig | None) -> 
             "nodes": len(nodes - {""})}
 
 
-def _dedupe_across_units(cfg: IngestConfig, staging: Path, num_units: int, *, args: dict, ray, nodes: set) -> int:
+def _dedupe_across_units(cfg: IngestConfig, staging: Location, num_units: int, *, args: dict, ray, nodes: set) -> int:
     """Rename keys that an earlier tar already holds; rewrite only the tars holding them."""
     wanted: dict[int, dict[str, str]] = {}
     seen: dict[str, int] = {}  # a repeated key -> its occurrences so far (repeated keys only)
     previous: str | None = None
     with ExitStack() as stack:  # one open key file per unit: memory O(units), not O(samples)
-        streams = [_key_stream(stack.enter_context(open(_keys_path(staging, i))), i) for i in range(num_units)]
+        streams = [_key_stream(stack.enter_context(_open_keys(staging, i)), i) for i in range(num_units)]
         for key, index in heapq.merge(*streams):
             if key == previous:
                 seen[key] = seen.get(key, 0) + 1
@@ -327,7 +325,7 @@ def _dedupe_across_units(cfg: IngestConfig, staging: Path, num_units: int, *, ar
             previous = key
     taken = {new for renames in wanted.values() for new in renames.values()}
     for i in range(num_units if taken else 0):  # a new name may exist already: never merged silently
-        with open(_keys_path(staging, i)) as lines:
+        with _open_keys(staging, i) as lines:
             clash = taken & {line.rstrip("\n") for line in lines}
         if clash:
             raise ValueError(f"ingest: de-duplicated key(s) {sorted(clash)[:5]} already exist as sample keys "
@@ -341,11 +339,11 @@ def _dedupe_across_units(cfg: IngestConfig, staging: Path, num_units: int, *, ar
     return sum(len(r) for r in wanted.values())
 
 
-def _collect(staging: Path, num_units: int) -> dict[str, Any]:
+def _collect(staging: Location, num_units: int) -> dict[str, Any]:
     """Sum the unit records and write rejects.jsonl in unit order (streamed)."""
     reasons: Counter[str] = Counter()
     accepted = rejected = shards = 0
-    with open(staging / "rejects.jsonl", "w", encoding="utf-8") as out:
+    with fs.open_atomic(staging / "rejects.jsonl") as stream, io.TextIOWrapper(stream, encoding="utf-8") as out:
         for i in range(num_units):
             record = _read_record(staging, i)
             accepted += record["accepted"]

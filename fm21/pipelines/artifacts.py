@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import base64
 import logging
-from pathlib import Path
 from typing import Any, Callable
 
 from prefect.artifacts import (
@@ -24,6 +23,7 @@ from prefect.artifacts import (
 )
 
 from fm21.config import FlowConfig
+from fm21.store.fs import Location
 from fm21.store.layout import Workdir
 
 log = logging.getLogger("fm21")
@@ -31,10 +31,11 @@ log = logging.getLogger("fm21")
 MAX_INLINE_IMAGE_BYTES = 2_000_000  # larger PNGs are linked by path only
 
 
-def _image(path: Path, alt: str) -> str:
-    if path.exists() and path.stat().st_size <= MAX_INLINE_IMAGE_BYTES:
-        data = base64.b64encode(path.read_bytes()).decode()
-        return f"![{alt}](data:image/png;base64,{data})\n\n`{path}`"
+def _image(path: Location, alt: str) -> str:
+    """``path`` a local path or a UriPath (an ``s3://`` workdir): read through its bytes."""
+    data = path.read_bytes() if path.is_file() else b""
+    if 0 < len(data) <= MAX_INLINE_IMAGE_BYTES:
+        return f"![{alt}](data:image/png;base64,{base64.b64encode(data).decode()})\n\n`{path}`"
     return f"`{path}`"
 
 
@@ -98,7 +99,7 @@ def publish_stage(cfg: FlowConfig, name: str, result: dict[str, Any]) -> None:
     try:
         _counts_tables(name, result)
         if name in EXTRAS:
-            EXTRAS[name](Workdir(Path(cfg.workdir)))
+            EXTRAS[name](Workdir(cfg.workdir))
     except Exception as err:  # noqa: BLE001 - artifacts are a view, not an output
         log.warning("artifacts of stage %s not published: %s: %s", name, type(err).__name__, err)
 

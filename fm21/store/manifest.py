@@ -1,7 +1,8 @@
 """Stage manifests: what a stage ran on (fingerprint), what it wrote (counts), and how long.
 
 A manifest is written last and atomically, so its presence with ``status: complete``
-means the stage's outputs are whole. The fingerprint hashes the stage's own config
+means the stage's outputs are whole (locally a temporary file renamed into place; on an
+object store one put, which is atomic). The fingerprint hashes the stage's own config
 slice, the run context it depends on, and the upstream stages' fingerprints.
 """
 
@@ -9,11 +10,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import platform
 from importlib import metadata
-from pathlib import Path
 from typing import Any
+
+from fm21.store import fs
+from fm21.store.fs import Location
 
 LIBRARIES = ("torch", "ray", "prefect", "pylance", "pyarrow", "webdataset", "tokenizers", "numpy")
 
@@ -33,15 +35,12 @@ def library_versions() -> dict[str, str]:
     return out
 
 
-def read_manifest(path: Path) -> dict | None:
+def read_manifest(path: Location) -> dict | None:
     try:
         return json.loads(path.read_text())
     except (FileNotFoundError, json.JSONDecodeError):
         return None
 
 
-def write_json_atomic(path: Path, data: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=False, default=str) + "\n")
-    os.replace(tmp, path)
+def write_json_atomic(path: Location, data: Any) -> None:
+    fs.write_atomic(path, json.dumps(data, indent=2, sort_keys=False, default=str) + "\n")

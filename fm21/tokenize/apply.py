@@ -69,7 +69,7 @@ class TokenizeActor:
         self.specs = {n: ModalitySpec(**{**s, "label_columns": tuple(s["label_columns"])}) for n, s in specs.items()}
         self.cfg = TokensConfig.model_validate(cfg)
         self.schema = schema
-        root = Path(tokenizers_dir)
+        root = fs.as_location(tokenizers_dir)  # a local path or a URI (s3:// workdir)
         self.image = {n: load_tokenizer(root / n) for n, s in self.specs.items() if s.is_image_like and s.kind != "pixels"}
         has_text = any(s.kind == "sequence" for s in self.specs.values())
         self.text = TextTokenizer.load(root / TEXT_DIR) if has_text else None

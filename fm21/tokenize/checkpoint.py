@@ -6,6 +6,9 @@
 short sha256 over the model config and the weight bytes (names, dtypes, shapes, data):
 it identifies what the tokenizer computes, so it is stable across save/load and equal
 for two runs that produce the same weights (wall times in ``training`` do not enter).
+
+The folder may be local or on an object store (``fm21.store.fs``): files are written and
+read as bytes, never through a local path.
 """
 
 from __future__ import annotations
@@ -17,7 +20,10 @@ from typing import Any
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load, save
+
+from fm21.store import fs
+from fm21.store.fs import Location, UriPath, as_location
 
 from fm21.tokenize.image_tokenizer import ImageTokenizer, TokenizerConfig
 from fm21.tokenize.vqvae import build_tokenizer
@@ -43,14 +49,14 @@ def tokenizer_fingerprint(config: TokenizerConfig, weights: dict[str, torch.Tens
 
 def save_tokenizer(
     tok: ImageTokenizer,
-    directory: Path,
+    directory: Location | str,
     *,
     metrics: dict | None = None,
     recon_labels: np.ndarray | None = None,
 ) -> str:
     """Write the checkpoint folder; returns the fingerprint. ``recon_labels`` (label
     maps) adds ``recon.png``, originals over reconstructions."""
-    directory = Path(directory)
+    directory = as_location(directory)
     directory.mkdir(parents=True, exist_ok=True)
     weights = _weights(tok)
     fingerprint = tokenizer_fingerprint(tok.config, weights)
@@ -61,7 +67,7 @@ def save_tokenizer(
         "random_init": summary is None,
         "training": summary,
     }
-    save_file(weights, str(directory / WEIGHTS_FILE), metadata={"fingerprint": fingerprint})
+    fs.write_atomic(directory / WEIGHTS_FILE, save(weights, metadata={"fingerprint": fingerprint}))
     (directory / CONFIG_FILE).write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
     if metrics is not None:
         (directory / METRICS_FILE).write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n")
@@ -73,15 +79,15 @@ def save_tokenizer(
     return fingerprint
 
 
-def read_tokenizer_config(directory: Path) -> dict[str, Any]:
-    return json.loads((Path(directory) / CONFIG_FILE).read_text())
+def read_tokenizer_config(directory: Location | str) -> dict[str, Any]:
+    return json.loads((as_location(directory) / CONFIG_FILE).read_text())
 
 
-def _load_dir(directory: Path) -> ImageTokenizer:
+def _load_dir(directory: Location) -> ImageTokenizer:
     raw = read_tokenizer_config(directory)
     config = TokenizerConfig.from_dict(raw)
     tok = build_tokenizer(config)
-    weights = load_file(str(directory / WEIGHTS_FILE))
+    weights = load(fs.read_bytes(directory / WEIGHTS_FILE))
     tok.load_state_dict(weights, strict=True)
     fingerprint = tokenizer_fingerprint(config, _weights(tok))
     if raw.get("fingerprint") not in (None, fingerprint):
@@ -94,13 +100,13 @@ def _load_dir(directory: Path) -> ImageTokenizer:
     return tok.eval()
 
 
-def load_tokenizer(name_or_path: str | Path, *, root: Path | None = None) -> ImageTokenizer:
-    """A checkpoint folder, a bare modality name under ``root``, or a HF hub repo id."""
-    path = Path(name_or_path)
+def load_tokenizer(name_or_path: str | Path | UriPath, *, root: Location | str | None = None) -> ImageTokenizer:
+    """A checkpoint folder (local or a URI), a bare modality name under ``root``, or a HF hub repo id."""
+    path = as_location(name_or_path)
     if (path / CONFIG_FILE).is_file():
         return _load_dir(path)
-    if root is not None and (Path(root) / str(name_or_path) / CONFIG_FILE).is_file():
-        return _load_dir(Path(root) / str(name_or_path))
+    if root is not None and (as_location(root) / str(name_or_path) / CONFIG_FILE).is_file():
+        return _load_dir(as_location(root) / str(name_or_path))
     if isinstance(name_or_path, str) and name_or_path.count("/") == 1 and not path.exists():
         from huggingface_hub import snapshot_download  # real user path; needs network
 

@@ -7,11 +7,14 @@ through a fixed palette (class 0 = black), edges grey.
 
 from __future__ import annotations
 
-from pathlib import Path
+import io
 from typing import Callable
 
 import numpy as np
 from PIL import Image
+
+from fm21.store import fs
+from fm21.store.fs import Location
 
 # Anchor colours of a blue -> green -> yellow ramp (viridis-like), interpolated linearly.
 _RAMP = np.array(
@@ -84,7 +87,7 @@ def _text_width(draw, text: str, font) -> int:
 
 def save_grid(
     rows: list[np.ndarray],
-    path: Path,
+    path: Location,
     *,
     pad: int = 2,
     col_labels: list[str] | None = None,
@@ -124,6 +127,6 @@ def save_grid(
             if scale != 1:
                 tile = tile.resize((side, side), Image.NEAREST)
             canvas.paste(tile, (left + pad + j * (side + pad), y))
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    canvas.save(path)
+    buf = io.BytesIO()  # bytes, so that ``path`` may be on an object store
+    canvas.save(buf, format="PNG")
+    fs.write_atomic(path, buf.getvalue())

@@ -25,14 +25,15 @@ import hashlib
 import heapq
 import json
 import logging
-from pathlib import Path
 
 import numpy as np
 
 import fm21
 from fm21.config import TokenizersConfig, VQTokenizerConfig
 from fm21.progress import progress
+from fm21.store import fs
 from fm21.store import labels as store
+from fm21.store.fs import Location
 from fm21.store.manifest import fingerprint_of
 from fm21.tokenize.crops import Crop, apply_crop, key_hash
 from fm21.tokenize.sequences import corpus_of
@@ -87,7 +88,7 @@ def _keys_digest(keys: list[str]) -> str:
     return hashlib.sha256("\n".join(keys).encode()).hexdigest()[:16]
 
 
-def _reusable(folder: Path, fingerprint: str) -> dict | None:
+def _reusable(folder: Location, fingerprint: str) -> dict | None:
     """The recorded report of a tokenizer folder trained from exactly these inputs."""
     try:
         record = json.loads((folder / INPUTS_FILE).read_text())
@@ -96,9 +97,9 @@ def _reusable(folder: Path, fingerprint: str) -> dict | None:
     return record["report"] if record.get("fingerprint") == fingerprint else None
 
 
-def _record(folder: Path, fingerprint: str, report: dict) -> None:
+def _record(folder: Location, fingerprint: str, report: dict) -> None:
     """Written last: a folder killed while training has no (or a stale-removed) record."""
-    (folder / INPUTS_FILE).write_text(json.dumps({"fingerprint": fingerprint, "report": report}, indent=2) + "\n")
+    fs.write_atomic(folder / INPUTS_FILE, json.dumps({"fingerprint": fingerprint, "report": report}, indent=2) + "\n")
 
 
 def training_maps(uri, column: str, keys: list[str], *, out_size: int, feature: bool = False) -> np.ndarray:
@@ -143,6 +144,7 @@ def _train_image(name: str, spec, vcfg: VQTokenizerConfig, uri, keys: list[str],
 def run_tokenizers(cfg: TokenizersConfig, ctx) -> dict:
     import ray
 
+    from fm21.faults import worker_env
     from fm21.ray_runtime import ensure_ray
     from fm21.tokenize.text import train_text_tokenizer
 
@@ -173,7 +175,9 @@ def run_tokenizers(cfg: TokenizersConfig, ctx) -> dict:
             jobs[name] = (spec, vcfg, train_keys, fp)
     if jobs:
         ensure_ray(ctx.ray)
-        task = ray.remote(_train_image).options(num_cpus=cfg.num_cpus, num_gpus=cfg.num_gpus)
+        env = worker_env()  # the object store's endpoint and credentials, for an s3:// workdir
+        task = ray.remote(_train_image).options(num_cpus=cfg.num_cpus, num_gpus=cfg.num_gpus,
+                                                **({"runtime_env": {"env_vars": env}} if env else {}))
         threads = max(1, int(cfg.num_cpus))
         futures = {n: task.remote(n, spec, vcfg, str(uri), tkeys, out_dir, cfg.seed, threads, fp)
                    for n, (spec, vcfg, tkeys, fp) in jobs.items()}
@@ -213,6 +217,6 @@ def run_tokenizers(cfg: TokenizersConfig, ctx) -> dict:
     if reused:
         log.info("tokenizers: reused %s (inputs unchanged)", reused)
     report = {n: report[n] for n in [*names, TEXT_DIR] if n in report}
-    (out_dir / "summary.json").write_text(json.dumps(report, indent=2))
+    fs.write_atomic(out_dir / "summary.json", json.dumps(report, indent=2))
     return {"tokenizers": {n: r["fingerprint"] for n, r in report.items()}, "train_samples": len(keys),
             "trained": [n for n in report if n not in reused], "reused": reused}

@@ -27,6 +27,8 @@ from typing import Iterable, Sequence
 from tokenizers import AddedToken, Tokenizer, decoders, models, normalizers, pre_tokenizers
 from tokenizers.trainers import WordPieceTrainer
 
+from fm21.store.fs import as_location
+
 COCO_CLASSES: tuple[str, ...] = (
     "person", "bicycle", "car", "motorcycle", "airplane", "bus", "train", "truck", "boat",
     "traffic light", "fire hydrant", "stop sign", "parking meter", "bench", "bird", "cat",
@@ -119,11 +121,12 @@ class TextTokenizer:
     def fingerprint(self) -> str:
         return hashlib.sha256(self._tok.to_str().encode()).hexdigest()[:16]
 
-    def save(self, directory: Path) -> str:
-        """``tokenizer.json`` + ``config.json`` (sizes, special layout, fingerprint)."""
-        directory = Path(directory)
+    def save(self, directory: Path | str) -> str:
+        """``tokenizer.json`` + ``config.json`` (sizes, special layout, fingerprint), in a
+        local folder or under a URI (written as text, no local file)."""
+        directory = as_location(directory)
         directory.mkdir(parents=True, exist_ok=True)
-        self._tok.save(str(directory / TOKENIZER_FILE))
+        (directory / TOKENIZER_FILE).write_text(self._tok.to_str(pretty=True))  # what Tokenizer.save writes
         fingerprint = self.fingerprint()
         config = {
             "family": "wordpiece",
@@ -140,9 +143,9 @@ class TextTokenizer:
         return fingerprint
 
     @classmethod
-    def load(cls, directory: Path) -> TextTokenizer:
-        directory = Path(directory)
-        tok = cls(Tokenizer.from_file(str(directory / TOKENIZER_FILE)))
+    def load(cls, directory: Path | str) -> TextTokenizer:
+        directory = as_location(directory)
+        tok = cls(Tokenizer.from_str((directory / TOKENIZER_FILE).read_text()))
         recorded = json.loads((directory / CONFIG_FILE).read_text()).get("fingerprint")
         if recorded is not None and recorded != tok.fingerprint():
             raise ValueError(f"{directory}: tokenizer.json does not match its fingerprint")

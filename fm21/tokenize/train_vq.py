@@ -126,11 +126,11 @@ def train_vq_tokenizer(
 
 
 def save_recon_grid(
-    tok: ImageTokenizer, labels: np.ndarray, path: Path, *, num_samples: int = 8
+    tok: ImageTokenizer, labels: np.ndarray, path: Path | str, *, num_samples: int = 8
 ) -> None:
     """PNG: ``num_samples`` originals (top row) over their reconstructions (bottom row)."""
     labels = labels[:num_samples]
     kind = tok.config.preprocess
     recon = tok.decode_labels(tok.encode_labels(labels))
     shown = robust_standardize(labels) if kind == "depth" else labels  # same scale as recon
-    save_grid([labels_to_rgb(kind, shown), labels_to_rgb(kind, recon)], Path(path))
+    save_grid([labels_to_rgb(kind, shown), labels_to_rgb(kind, recon)], path)  # a local path or a URI

@@ -4,20 +4,26 @@
 config (sizes, token budgets, the modality set), every modality spec as a dict, the
 step, and whatever the caller adds under ``extra`` (tokenizer fingerprints, tags such
 as specialists run with random weights, the run fingerprint).
+
+The folder may be local or under a URI (an ``s3://`` workdir): every file is written and
+read as bytes through ``fm21.store.fs`` (safetensors and torch serialise to memory; a 4M
+checkpoint fits in memory, since the model does). ``config.json`` is written last and
+removed first, so its presence marks a complete checkpoint on both.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import io
 import json
-import os
-from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load, save
 
 from fm21.modalities import ModalitySpec
+from fm21.store import fs
+from fm21.store.fs import Location, as_location
 from fm21.train.model import FourM, FourMConfig
 
 FORMAT = "fm21.fourm/1"
@@ -39,7 +45,7 @@ def spec_from_dict(data: dict[str, Any]) -> ModalitySpec:
 
 
 def save_checkpoint(
-    directory: Path,
+    directory: Location | str,
     *,
     model: FourM,
     step: int,
@@ -47,10 +53,11 @@ def save_checkpoint(
     extra: dict[str, Any] | None = None,
 ) -> None:
     """Write weights, config and (optionally) optimizer state into ``directory``."""
-    directory = Path(directory)
+    directory = as_location(directory)
     directory.mkdir(parents=True, exist_ok=True)
+    (directory / CONFIG_FILE).unlink(missing_ok=True)  # incomplete until config.json is back
     state = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
-    save_file(state, str(directory / WEIGHTS_FILE), metadata={"format": FORMAT, "step": str(step)})
+    fs.write_atomic(directory / WEIGHTS_FILE, save(state, metadata={"format": FORMAT, "step": str(step)}))
     config = {
         "format": FORMAT,
         "step": int(step),
@@ -59,15 +66,27 @@ def save_checkpoint(
         "num_parameters": model.num_parameters(),
         "extra": extra or {},
     }
-    tmp = directory / (CONFIG_FILE + ".tmp")
-    tmp.write_text(json.dumps(config, indent=2, sort_keys=False))
-    os.replace(tmp, directory / CONFIG_FILE)  # config.json last: its presence marks completeness
     if optimizer is not None:
-        torch.save(optimizer.state_dict(), directory / OPTIMIZER_FILE)
+        buf = io.BytesIO()
+        torch.save(optimizer.state_dict(), buf)
+        fs.write_atomic(directory / OPTIMIZER_FILE, buf.getvalue())
+    # config.json last: its presence marks completeness
+    fs.write_atomic(directory / CONFIG_FILE, json.dumps(config, indent=2, sort_keys=False))
 
 
-def read_checkpoint_config(directory: Path) -> dict[str, Any]:
-    path = Path(directory) / CONFIG_FILE
+def copy_checkpoint(src: Location, dst: Location) -> None:
+    """``dst`` becomes a copy of the checkpoint ``src`` (server-side on an object store);
+    ``dst/config.json`` is removed first and copied last, so ``dst`` is never a mix."""
+    (dst / CONFIG_FILE).unlink(missing_ok=True)
+    if dst.exists():
+        fs.remove_tree(dst)
+    names = [n for n in fs.list_names(src) if n != CONFIG_FILE]
+    for name in [*names, CONFIG_FILE]:
+        fs.copy_file(src / name, dst / name)
+
+
+def read_checkpoint_config(directory: Location | str) -> dict[str, Any]:
+    path = as_location(directory) / CONFIG_FILE
     config = json.loads(path.read_text())
     if config.get("format") != FORMAT:
         raise ValueError(f"{path}: not an fm21 4M checkpoint (format {config.get('format')!r})")
@@ -85,22 +104,23 @@ def build_model(config: dict[str, Any]) -> FourM:
     )
 
 
-def load_checkpoint(directory: Path, *, map_location: str = "cpu") -> tuple[FourM, dict[str, Any]]:
+def load_checkpoint(directory: Location | str, *, map_location: str = "cpu") -> tuple[FourM, dict[str, Any]]:
     """Rebuild the model from ``config.json`` alone and load its weights (strict)."""
-    directory = Path(directory)
+    directory = as_location(directory)
     config = read_checkpoint_config(directory)
     model = build_model(config)
-    state = load_file(str(directory / WEIGHTS_FILE), device=map_location)
+    state = load(fs.read_bytes(directory / WEIGHTS_FILE))  # CPU tensors; the model moves below
     model.load_state_dict(state, strict=True)
     return model.to(map_location), config
 
 
 def load_optimizer_state(
-    directory: Path, optimizer: torch.optim.Optimizer, *, map_location: str = "cpu"
+    directory: Location | str, optimizer: torch.optim.Optimizer, *, map_location: str = "cpu"
 ) -> bool:
     """Load ``optimizer.pt`` into ``optimizer`` if the checkpoint has one; True if it did."""
-    path = Path(directory) / OPTIMIZER_FILE
+    path = as_location(directory) / OPTIMIZER_FILE
     if not path.exists():
         return False
-    optimizer.load_state_dict(torch.load(path, map_location=map_location, weights_only=True))
+    data = io.BytesIO(fs.read_bytes(path))
+    optimizer.load_state_dict(torch.load(data, map_location=map_location, weights_only=True))
     return True

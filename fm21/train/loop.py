@@ -8,18 +8,20 @@ Ray Train wraps this same loop for many GPUs (later issue).
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import math
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
 
 from fm21.config import TrainConfig
 from fm21.progress import progress
-from fm21.train.checkpoint import load_checkpoint, save_checkpoint
+from fm21.store import fs
+from fm21.store.fs import Location
+from fm21.train.checkpoint import copy_checkpoint, load_checkpoint, load_optimizer_state, save_checkpoint
 from fm21.train.loader import LanceTokenDataset, make_loader, row_to_sample
 from fm21.train.masking import UnifiedMasking
 from fm21.train.model import FourM
@@ -55,7 +57,7 @@ def _masking(cfg: TrainConfig, specs, seed: int) -> UnifiedMasking:
                           mixture=list(cfg.mixture), seed=seed)
 
 
-def _resume(ckpt_dir: Path, run_fp: str, model: FourM, opt: torch.optim.Optimizer, *, steps: int) -> int:
+def _resume(ckpt_dir: Location, run_fp: str, model: FourM, opt: torch.optim.Optimizer, *, steps: int) -> int:
     """Continue an unfinished run of the same configuration; anything else starts fresh."""
     latest = ckpt_dir / "latest"
     if not (latest / "config.json").exists():
@@ -66,9 +68,7 @@ def _resume(ckpt_dir: Path, run_fp: str, model: FourM, opt: torch.optim.Optimize
         return 0
     loaded, meta = load_checkpoint(latest)
     model.load_state_dict(loaded.state_dict())
-    opt_path = latest / "optimizer.pt"
-    if opt_path.exists():
-        opt.load_state_dict(torch.load(opt_path, map_location="cpu", weights_only=True))
+    load_optimizer_state(latest, opt)
     log.info("train: resumed from step %d", meta["step"])
     return int(meta["step"])
 
@@ -169,26 +169,18 @@ def run_train(cfg: TrainConfig, ctx) -> dict:
     }
 
 
-def _append(path: Path, record: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("a") as f:
-        f.write(json.dumps(record) + "\n")
+def _append(path: Location, record: dict) -> None:
+    fs.append_text(path, json.dumps(record) + "\n")
 
 
-def _checkpoint(ckpt_dir: Path, model, opt, step: int, extra: dict) -> None:
-    """Write step-N, then point `latest` at a full copy (atomic rename)."""
-    import shutil
-
+def _checkpoint(ckpt_dir: Location, model, opt, step: int, extra: dict) -> None:
+    """Write step-N, then make `latest` a full copy of it (its config.json copied last)."""
     target = ckpt_dir / f"step-{step:07d}"
     save_checkpoint(target, model=model, step=step, optimizer=opt, extra=extra)
-    tmp = ckpt_dir / "latest.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    shutil.copytree(target, tmp)
-    shutil.rmtree(ckpt_dir / "latest", ignore_errors=True)
-    tmp.rename(ckpt_dir / "latest")
+    copy_checkpoint(target, ckpt_dir / "latest")
 
 
-def plot_losses(history: list[dict], path: Path) -> None:
+def plot_losses(history: list[dict], path: Location) -> None:
     """loss.png: training loss (total and per modality) on the left, the validation loss
     on fixed held-out batches (total and per modality) on the right."""
     import matplotlib
@@ -218,5 +210,7 @@ def plot_losses(history: list[dict], path: Path) -> None:
     axes[1].legend(fontsize=7, ncol=2, loc="upper right")
     fig.suptitle("fm21 4M training: loss per modality")
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    buf = io.BytesIO()  # bytes, so that ``path`` may be on an object store
+    fig.savefig(buf, format="png", dpi=100)
     plt.close(fig)
+    fs.write_atomic(path, buf.getvalue())

@@ -1,10 +1,9 @@
-"""The unit protocol on an S3-compatible object store: moto's server on 127.0.0.1, started
-here. A worker streams a shard from s3://, writes its labels fragment to s3://, the driver
+"""The unit protocol on an S3-compatible object store: moto's server on 127.0.0.1 (tests/conftest.py).
+A worker streams a shard from s3://, writes its labels fragment to s3://, the driver
 commits it with its unit record; an uncommitted fragment is an orphan, never counted."""
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 
 import lance
@@ -19,29 +18,6 @@ from fm21.store.layout import Workdir
 from fm21.store.units import UnitResult, commit_units, ensure_store, orphan_files, read_records
 
 ROOT = Path(__file__).resolve().parents[2]
-BUCKET = "fm21-test"
-
-
-@pytest.fixture(scope="module")
-def s3():
-    """An S3 endpoint on loopback; credentials and endpoint only in the environment."""
-    pytest.importorskip("moto")
-    from moto.server import ThreadedMotoServer
-
-    logging.getLogger("werkzeug").setLevel(logging.ERROR)
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    with pytest.MonkeyPatch.context() as mp:
-        for name, value in {"AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test", "AWS_REGION": "us-east-1",
-                            "AWS_DEFAULT_REGION": "us-east-1", "AWS_ENDPOINT_URL": f"http://{host}:{port}",
-                            "AWS_ALLOW_HTTP": "true"}.items():
-            mp.setenv(name, value)
-        import boto3
-
-        boto3.client("s3").create_bucket(Bucket=BUCKET)
-        yield f"s3://{BUCKET}"
-    server.stop()
 
 
 @pytest.fixture(scope="module")
