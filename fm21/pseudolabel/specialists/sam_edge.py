@@ -9,6 +9,9 @@ reference repo, apple/ml-4m `fourm/data/modality_info.py`). The instances come f
   mask covers keep id 0;
 - otherwise the ``instance`` column (the semseg oracle's synthetic ground truth).
 
+``source`` picks: ``auto`` (the default: SAM's instances when the sample has them), ``sam``
+or ``instance`` (the demo: edges of the synthetic truth, not of its random-init SAM).
+
 Rule: a pixel is an edge when a 4-neighbour has a different id (background 0 counts
 as an id, so object outlines against background are edges; the image border is not).
 ``thickness: 2`` marks both sides of every boundary; ``thickness: 1`` (default, like
@@ -30,6 +33,7 @@ class SamEdgeOptions(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     thickness: Literal[1, 2] = 1
+    source: Literal["auto", "sam", "instance"] = "auto"  # where the instance ids come from
 
 
 def instance_boundaries(instance: np.ndarray, *, thickness: int = 1) -> np.ndarray:
@@ -89,12 +93,15 @@ class SamEdge(Specialist):
     def _instance_ids(self, batch: dict[str, Any], index: int) -> np.ndarray | None:
         """(S, S) instance ids of one sample: SAM's masks when present, else the ``instance`` map."""
         s = self.image_size
-        sam = batch.get("sam_instances")
+        source = self.options.source
+        sam = batch.get("sam_instances") if source != "instance" else None
+        if source == "sam" and sam is None:
+            raise KeyError("sam_edge (source: sam) needs the 'sam_instances' column: enable the sam specialist")
         if sam is not None and sam[index] is not None:
             try:
                 return paint_instances(sam[index], s)
             except ValueError as err:
                 raise ValueError(f"sample {batch['key'][index]!r}: {err}") from None
-        if "instance" in batch:
+        if "instance" in batch and source != "sam":
             return sample_map(batch["instance"][index], (s, s), "int32")
         return None

@@ -222,3 +222,19 @@ def test_sam_edge_falls_back_to_the_instance_column():
     assert not edges[1].any()  # SAM's empty list: no masks, no edges
     with pytest.raises(KeyError, match="sam_instances"):
         SamEdge(SpecialistConfig(), image_size=S)(two_squares(1))
+
+
+def test_sam_edge_source_option_picks_the_instances():
+    """``source: instance`` (the demo: synthetic truth beside a random-init SAM) ignores SAM's
+    masks; ``source: sam`` refuses to fall back to the instance column."""
+    ids = np.zeros((S, S), np.uint8)
+    ids[5:15, 5:15] = 3
+    batch = two_squares(1)
+    batch["sam_instances"] = [[record(square(10, 10, 20))]]
+    batch["instance"] = [ids.reshape(-1)]
+    edge = SamEdge(SpecialistConfig(options={"source": "instance"}), image_size=S)(batch)["sam_edge"][0]
+    np.testing.assert_array_equal(edge.reshape(S, S), neighbour_edges(ids))
+    no_sam = two_squares(1)
+    no_sam["instance"] = [ids.reshape(-1)]
+    with pytest.raises(KeyError, match="source: sam"):
+        SamEdge(SpecialistConfig(options={"source": "sam"}), image_size=S)(no_sam)
