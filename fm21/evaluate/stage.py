@@ -146,6 +146,9 @@ def run_evaluate(cfg: EvaluateConfig, ctx) -> dict:
 
 
 def _random_parts(ctx) -> list[str]:
-    """Specialists/tokenizers with random weights: their numbers are plumbing, not quality."""
+    """Specialists with random weights behind the modalities 4M trained on (and so behind
+    what is scored here): their numbers are plumbing, not quality. Random specialists of
+    modalities outside the run (the demo's tiny CLIP, say) do not touch the report."""
     meta = label_store.store_metadata(ctx.workdir.labels_uri).get("specialists", {})
-    return sorted(n for n, p in meta.items() if p.get("random"))
+    used = {spec.specialist for spec in ctx.specs.values()}
+    return sorted(n for n, p in meta.items() if p.get("random") and n in used)

@@ -130,9 +130,14 @@ def label_store_stats(uri: Path) -> dict[str, Any]:
     for field in ds.lance_schema.fields():
         arrow = ds.schema.field(field.name())
         meta = field_meta(arrow)
+        tags = arrow.metadata or {}
         columns[field.name()] = {"bytes_per_sample": total(field) / rows if rows else 0.0,
                                  "raw_bytes_per_sample": raw_bytes(arrow),
-                                 "encoding": meta["encoding"] if meta["shape"] is not None else None}
+                                 "encoding": meta["encoding"] if meta["shape"] is not None else None,
+                                 "specialist": tags.get(b"specialist", b"").decode() or None,
+                                 # outputs of random-init weights are plumbing; oracles read synthetic truth
+                                 "tag": "random" if tags.get(b"random") == b"true"
+                                 else "oracle" if tags.get(b"oracle") == b"true" else None}
     return {"uri": str(uri), "rows": rows, "version": ds.version, "columns": columns,
             "bytes_per_sample": sum(c["bytes_per_sample"] for c in columns.values())}
 
@@ -140,10 +145,12 @@ def label_store_stats(uri: Path) -> dict[str, Any]:
 def format_label_stats(stats: dict[str, Any]) -> str:
     lines = [f"label store {stats['uri']} (version {stats['version']}): {stats['rows']} samples, "
              f"{stats['bytes_per_sample']:,.0f} bytes/sample", "",
-             f"{'column':16s} {'encoding':14s} {'bytes/sample':>13s} {'raw bytes/sample':>17s} {'ratio':>7s}"]
+             f"{'column':16s} {'encoding':14s} {'bytes/sample':>13s} {'raw bytes/sample':>17s} {'ratio':>7s}  "
+             f"{'specialist':12s} tag"]
     for name, c in stats["columns"].items():
         raw = c["raw_bytes_per_sample"]
         ratio = f"{c['bytes_per_sample'] / raw:7.1%}" if raw else "      -"
         lines.append(f"{name:16s} {c.get('encoding') or '-':14s} {c['bytes_per_sample']:13,.1f} "
-                     f"{f'{raw:,}' if raw is not None else '-':>17s} {ratio}")
+                     f"{f'{raw:,}' if raw is not None else '-':>17s} {ratio}  {c.get('specialist') or '-':12s} "
+                     f"{c.get('tag') or ''}".rstrip())
     return "\n".join(lines)

@@ -329,6 +329,8 @@ def test_metadata_from_labels_of_a_synthetic_scene():
         assert md[name] is None
     batch["human_poses"] = [[{"box": [0.1, 0.1, 0.5, 0.9]}, {"box": [0.6, 0.2, 0.9, 0.8]}], []]
     assert [m["n_humans"] for m in make("metadata")(batch)["metadata"]] == [2, 0]
+    batch["sam_instances"] = [[{"area": 4}] * 3, None]  # SAM's count wins where a sample has it
+    assert [m["n_sam_instances"] for m in make("metadata")(batch)["metadata"]] == [3, 2]
 
 
 def test_metadata_geometry_and_occlusion_are_hand_checkable():

@@ -8,7 +8,9 @@ are fm21's, chosen to match the field names and the binning ranges:
   sentences are runs of text ended by ``.``, ``!``, ``?`` or the end of the caption.
 - ``n_humans``: people the ``human_pose`` specialist found (its ``human_poses`` list;
   null when the run has no human-pose specialist).
-- ``n_sam_instances``: distinct non-zero ids of the ``instance`` column.
+- ``n_sam_instances``: SAM's instances (the ``sam_instances`` list) when the run has SAM,
+  else distinct non-zero ids of the ``instance`` column (synthetic truth, or Mask2Former's
+  thing segments).
 - ``n_coco_instances``/``coco_instance_diversity``: ``det`` boxes with
   ``score >= det_min_score`` (the det serializer's 0.6) and their distinct class names.
 - ``colorfulness``: Hasler & Süsstrunk (2003), ``sigma_rgyb + 0.3 mu_rgyb``.
@@ -220,7 +222,7 @@ def _count(items: list | None) -> int | None:
 class Metadata(Specialist):
     name: ClassVar[str] = "metadata"
     requires: ClassVar[tuple[str, ...]] = (
-        "caption", "det", "semseg", "instance", "normal", "depth", "human_poses",
+        "caption", "det", "semseg", "instance", "normal", "depth", "human_poses", "sam_instances",
     )
     Options: ClassVar[type[BaseModel]] = MetadataOptions
 
@@ -244,6 +246,7 @@ class Metadata(Specialist):
             **caption_counts(self._input(batch, "caption", i)),
             "n_humans": _count(self._input(batch, "human_poses", i)),
             **instance_statistics(instance),
+            **({} if (sam := self._input(batch, "sam_instances", i)) is None else {"n_sam_instances": len(sam)}),
             **detection_counts(self._input(batch, "det", i), min_score=opts.det_min_score),
             **image_statistics(sample_image(batch, i, s)),
             **semantic_statistics(semseg, class_names(meta)),
