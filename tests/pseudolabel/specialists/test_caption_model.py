@@ -20,12 +20,6 @@ TINY = {"size": "tiny", "max_new_tokens": 6, "preprocess": {"input_size": 32}}
 WORDS = "a man riding a horse on the beach . two dogs playing in the snow . a red car parked near a tree".split()
 
 
-@pytest.fixture(autouse=True)
-def offline(monkeypatch, tmp_path):
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setenv("FM21_WEIGHTS_CACHE", str(tmp_path / "cache"))
-
-
 def make(weights="random", **cfg) -> CaptionModel:
     spec = specialist_class("caption", weights)(
         SpecialistConfig(weights=weights, options={**TINY, **cfg.pop("options", {})}, **cfg), image_size=S)

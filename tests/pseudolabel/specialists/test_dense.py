@@ -43,12 +43,6 @@ M2F_OPTIONS = {"architecture": TINY_M2F, "preprocess": {"input_size": 64}, "num_
                "mask_threshold": 0.0, "overlap_mask_area_threshold": 0.0}  # keep every query: random init
 
 
-@pytest.fixture(autouse=True)
-def offline(monkeypatch, tmp_path):
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setenv("FM21_WEIGHTS_CACHE", str(tmp_path / "cache"))
-
-
 def batch(n: int = 2, size: int = S, seed: int = 0) -> dict:
     rgb = np.random.default_rng(seed).integers(0, 256, (n, size, size, 3), dtype=np.uint8)
     return {"key": [f"k{i}" for i in range(n)], "rgb": rgb, "gt": [None] * n, "meta": [{}] * n}

