@@ -72,21 +72,21 @@ NEEDS = {"human_pose": ["detection"], "t5": ["caption"], "metadata": []}
 
 
 def _config(work: Path, name: str, size: str, *, num: int, batch: int, device: str, shard: int = 32):
-    from fm21.config import load_config
+    """The tiny recipe with only what ``name`` needs enabled, its options replaced by ``SIZES``
+    (replaced, not merged: flows.yaml's tiny options must not leak into the base size)."""
+    from fm21.config import FlowConfig, load_config
 
-    opts = SIZES[name][size]
     gpu = 1 if device == "cuda" else 0
     over = [f"workdir={work}", f"ingest.image_size={IMAGE_SIDE[size]}", f"ingest.synthetic.num_samples={num}",
             f"ingest.samples_per_shard={shard}", "modalities.enabled=[rgb]", "pseudolabel.concurrency=1",
             f"pseudolabel.specialists.{name}.weights=random", f"pseudolabel.specialists.{name}.own_pool=true",
-            f"pseudolabel.specialists.{name}.batch_size={batch}", f"pseudolabel.specialists.{name}.num_gpus={gpu}",
-            f"pseudolabel.specialists.{name}.options={json.dumps(opts)}"]
+            f"pseudolabel.specialists.{name}.batch_size={batch}", f"pseudolabel.specialists.{name}.num_gpus={gpu}"]
+    data = load_config(ROOT / "flows.yaml", recipe=ROOT / "configs" / "tiny.yaml", overrides=over).model_dump()
     keep = {"image", name, *NEEDS.get(name, [])}
-    cfg = load_config(ROOT / "flows.yaml", recipe=ROOT / "configs" / "tiny.yaml", overrides=over)
-    for other, scfg in cfg.pseudolabel.specialists.items():  # only what this measurement needs
-        if other not in keep:
-            over.append(f"pseudolabel.specialists.{other}.enabled=false")
-    return load_config(ROOT / "flows.yaml", recipe=ROOT / "configs" / "tiny.yaml", overrides=over)
+    for other, scfg in data["pseudolabel"]["specialists"].items():  # only what this measurement needs
+        scfg["enabled"] = other in keep
+    data["pseudolabel"]["specialists"][name]["options"] = SIZES[name][size]
+    return FlowConfig.model_validate(data)
 
 
 def _peak_rss_mb() -> float:
