@@ -34,6 +34,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 IMAGE_SIDE = {"tiny": 64, "base": 224}
+THREADS = 2  # torch threads of the measured forward, raw and in the job
 
 # Options per specialist and size; "base" is the reference architecture (REFERENCE-size
 # networks; ViT-H ones are slow on CPU). The registry's names; requires noted per entry.
@@ -80,7 +81,10 @@ def _config(work: Path, name: str, size: str, *, num: int, batch: int, device: s
     over = [f"workdir={work}", f"ingest.image_size={IMAGE_SIDE[size]}", f"ingest.synthetic.num_samples={num}",
             f"ingest.samples_per_shard={shard}", "modalities.enabled=[rgb]", "pseudolabel.concurrency=1",
             f"pseudolabel.specialists.{name}.weights=random", f"pseudolabel.specialists.{name}.own_pool=true",
-            f"pseudolabel.specialists.{name}.batch_size={batch}", f"pseudolabel.specialists.{name}.num_gpus={gpu}"]
+            f"pseudolabel.specialists.{name}.batch_size={batch}", f"pseudolabel.specialists.{name}.num_gpus={gpu}",
+            # both paths compute on THREADS torch threads: the pool actor takes its num_cpus
+            # rounded up, the unit worker (reading, PNG, Lance) fits beside it on 2 CPUs
+            "pseudolabel.num_cpus=0.5", f"pseudolabel.specialists.{name}.num_cpus={THREADS - 0.5}"]
     data = load_config(ROOT / "flows.yaml", recipe=ROOT / "configs" / "tiny.yaml", overrides=over).model_dump()
     keep = {"image", name, *NEEDS.get(name, [])}
     for other, scfg in data["pseudolabel"]["specialists"].items():  # only what this measurement needs
@@ -96,10 +100,13 @@ def _peak_rss_mb() -> float:
 def _raw(name: str, size: str, num: int, batch: int, device: str, queue) -> None:
     """In a fresh process: the batch a pool actor receives (one shard, decoded as a unit
     worker decodes it, requirements labelled), then ``num / batch`` calls of the specialist."""
+    import torch
+
     from fm21.ingest.stage import run_ingest
     from fm21.pseudolabel.worker import UnitRows, build_specialist, label_table, read_shard
     from fm21.store.layout import Workdir
 
+    torch.set_num_threads(THREADS)
     with tempfile.TemporaryDirectory() as tmp:
         cfg = _config(Path(tmp) / "work", name, size, num=batch, batch=batch, device=device, shard=batch)
         run_ingest(cfg.ingest, workdir=Workdir(Path(tmp) / "work"), seed=cfg.seed)

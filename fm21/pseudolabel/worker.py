@@ -143,7 +143,15 @@ class SpecialistActor:
     pool size from flows.yaml): loads the weights once, labels the batches unit workers send."""
 
     def __init__(self, name: str, cfg: dict, *, image_size: int) -> None:
-        self.spec = build_specialist(name, SpecialistConfig.model_validate(cfg), image_size=image_size)
+        import math
+
+        import torch
+
+        scfg = SpecialistConfig.model_validate(cfg)
+        # Ray sets OMP_NUM_THREADS to int(num_cpus) (1 for a fraction): torch uses what the
+        # specialist asked for, rounded up
+        torch.set_num_threads(max(1, math.ceil(scfg.num_cpus)))
+        self.spec = build_specialist(name, scfg, image_size=image_size)
         self.spec.load()
 
     def label(self, batch: dict[str, Any]) -> dict[str, pa.Array]:
