@@ -23,6 +23,11 @@ Axis convention (``options.frame``):
   camera-space normal pass (x right, y up, z towards the viewer) and inverts the red channel
   (``omnidata_annotator/scripts/create_normal_images.py``), so x points left, y up, z towards the
   viewer: exactly the negation of the OpenCV frame, which is how ``opencv`` is computed.
+
+Backend (``options.backend``): ``dpt`` (default, this class) or ``marigold``: diffusers'
+Marigold normals (:class:`~fm21.pseudolabel.specialists.normal_marigold.NormalMarigold`, with
+its own options), which constructing this class returns in its place, so the registry's one
+``normal`` network serves both and a recipe switches by one key.
 """
 
 from __future__ import annotations
@@ -31,10 +36,12 @@ from typing import Any, ClassVar, Literal
 
 import numpy as np
 import pyarrow as pa
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
+from fm21.config import ConfigError, SpecialistConfig
 from fm21.pseudolabel.specialists.dpt import DPTArchitecture, DPTSpecialist
-from fm21.pseudolabel.specialists.weights import Preprocess
+from fm21.pseudolabel.specialists.normal_marigold import NormalMarigold
+from fm21.pseudolabel.specialists.weights import NetworkSpecialist, Preprocess
 
 OMNIDATA_NORMAL_V2 = "https://zenodo.org/records/10447888/files/omnidata_dpt_normal_v2.ckpt"
 
@@ -42,6 +49,8 @@ OMNIDATA_NORMAL_V2 = "https://zenodo.org/records/10447888/files/omnidata_dpt_nor
 class NormalDPTOptions(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
+    # left out of the dump: the DPT's fingerprint stays what it was before the option existed
+    backend: Literal["dpt"] = Field("dpt", exclude=True)
     preprocess: Preprocess = Preprocess(input_size=384, mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0),
                                         interpolation="bilinear")
     architecture: DPTArchitecture = DPTArchitecture()
@@ -64,9 +73,25 @@ class NormalDPT(DPTSpecialist):
     default_model_id: ClassVar[str] = OMNIDATA_NORMAL_V2
     num_output_channels: ClassVar[int] = 3
 
+    def __new__(cls, cfg: SpecialistConfig | None = None, **kwargs: Any):
+        """``options.backend: marigold`` constructs and returns a :class:`NormalMarigold`
+        instead (not a subclass, so Python does not run this class's ``__init__`` on it).
+        Without arguments (unpickling) a plain instance."""
+        backend = cfg.options.get("backend", "dpt") if cfg is not None else "dpt"
+        if cls is NormalDPT and backend != "dpt":
+            if not isinstance(backend, str) or backend not in NORMAL_BACKENDS:
+                raise ConfigError(f"'pseudolabel.specialists.{cls.name}.options.backend': {backend!r} is not "
+                                  f"one of {', '.join(['dpt', *NORMAL_BACKENDS])}")
+            return NORMAL_BACKENDS[backend](cfg, **kwargs)
+        return super().__new__(cls)
+
     def columns(self) -> list[pa.Field]:
         return [self.map_field("normal", "float16", kind="unit_vector", channels=3)]
 
     def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
         normal = unit_normals(self.predict(batch).numpy(), frame=self.options.frame)  # (B, S, S, 3)
         return {"normal": [n.astype(np.float16).reshape(-1) for n in normal]}  # each (S*S*3,)
+
+
+# the normal network's other backends, by ``options.backend`` (``dpt`` is NormalDPT itself)
+NORMAL_BACKENDS: dict[str, type[NetworkSpecialist]] = {"marigold": NormalMarigold}
