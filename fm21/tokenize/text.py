@@ -155,19 +155,36 @@ class TextTokenizer:
 def train_text_tokenizer(
     corpus: Iterable[str], *, vocab_size: int, min_frequency: int = 1
 ) -> TextTokenizer:
-    """Learn word pieces on ``corpus`` after the fixed special tokens."""
+    """Learn word pieces on ``corpus`` after the fixed special tokens.
+
+    The WordPiece trainer gives each continuation piece (``##e``) its id the first time it
+    meets it while iterating a hash map of words, and breaks ties between equally frequent
+    merges by those ids, so the same corpus could learn other pieces in another process
+    (huggingface/tokenizers#1794). Registering every continuation piece up front, in sorted
+    order, removes the only order-dependent ids: the pieces learned are then a function of
+    the corpus (tests/tokenize/test_text_determinism.py)."""
     if vocab_size <= NUM_SPECIAL_TOKENS:
         raise ValueError(f"vocab_size {vocab_size} must exceed the {NUM_SPECIAL_TOKENS} specials")
+    corpus = list(corpus)
     tok = _empty_tokenizer()
     trainer = WordPieceTrainer(
         vocab_size=vocab_size,
         min_frequency=min_frequency,
-        special_tokens=special_tokens(),  # ids 0..4283, in order
+        special_tokens=[*special_tokens(), *_continuation_pieces(tok, corpus)],  # specials: ids 0..4283, in order
         continuing_subword_prefix="##",
         show_progress=False,
     )
     tok.train_from_iterator(corpus, trainer=trainer)
     return TextTokenizer(_canonical_ids(tok))
+
+
+def _continuation_pieces(tok: Tokenizer, corpus: list[str]) -> list[str]:
+    """Every ``##c`` the trainer would create: each non-initial character of each word."""
+    chars: set[str] = set()
+    for text in corpus:
+        for word, _ in tok.pre_tokenizer.pre_tokenize_str(tok.normalizer.normalize_str(text)):
+            chars.update(word[1:])
+    return ["##" + c for c in sorted(chars)]
 
 
 def _canonical_ids(tok: Tokenizer) -> Tokenizer:
@@ -179,5 +196,7 @@ def _canonical_ids(tok: Tokenizer) -> Tokenizer:
     kept = {t: i for t, i in vocab.items() if i < NUM_SPECIAL_TOKENS}
     learned = sorted(t for t, i in vocab.items() if i >= NUM_SPECIAL_TOKENS)
     kept.update({t: NUM_SPECIAL_TOKENS + j for j, t in enumerate(learned)})
-    tok.model = models.WordPiece(kept, unk_token=UNK, continuing_subword_prefix="##")
-    return tok
+    fresh = _empty_tokenizer()  # without the continuation pieces the trainer saw as special
+    fresh.model = models.WordPiece(kept, unk_token=UNK, continuing_subword_prefix="##")
+    fresh.add_special_tokens(special_tokens())
+    return fresh
