@@ -71,7 +71,7 @@ def test_registry_names_the_column_the_modality_reads():
 def test_plan_runs_sam_before_sam_edge(tiny_config):
     from fm21.pseudolabel.job import plan_specialists
 
-    cfg = tiny_config("pseudolabel.specialists.sam.weights=random")
+    cfg = tiny_config("pseudolabel.specialists.sam.enabled=true", "pseudolabel.specialists.sam.weights=random")
     order = plan_specialists(cfg.pseudolabel, cfg.specs())
     assert order.index("sam") < order.index("sam_edge") and order.index("semseg") < order.index("sam_edge")
 
