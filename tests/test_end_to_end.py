@@ -161,19 +161,5 @@ def test_flow_killed_mid_stage_resumes_to_the_same_stores(pipeline, tmp_path):
         return sorted(table.to_pylist(), key=lambda r: tuple(r[k] for k in order))
 
     assert rows(work / "pseudolabel" / "labels.lance", ["key"]) == rows(wd.labels_uri, ["key"])
-    got, want = rows(work / "tokens" / "tokens.lance", ["key", "crop"]), rows(wd.tokens_uri, ["key", "crop"])
-    assert len(got) == len(want)
-    # Sequence ids come from a WordPiece vocabulary trained in each run's own process; HF's
-    # trainer breaks ties in per-process hash order, so two processes may learn different
-    # pieces (same text). Compare those columns as the text they decode to.
-    from fm21.tokenize.text import TextTokenizer
-
-    texts = [TextTokenizer.load(root / "tokenizers" / "text") for root in (work, wd.root)]
-    sequences = [n for n, spec in cfg.specs().items() if spec.kind == "sequence"]
-    differ = sorted({c for g, w in zip(got, want) for c in g if c not in sequences and g[c] != w[c]})
-    assert not differ, differ
-    for g, w in zip(got, want):
-        for c in sequences:
-            assert (g[c] is None) == (w[c] is None), c
-            if g[c] is not None:
-                assert texts[0].decode(g[c]) == texts[1].decode(w[c]), (c, g["key"])
+    # every column, the WordPiece ids too: the text tokenizer trains to the same file in any process
+    assert rows(work / "tokens" / "tokens.lance", ["key", "crop"]) == rows(wd.tokens_uri, ["key", "crop"])
