@@ -210,6 +210,9 @@ class TrainConfig(Strict):
     warmup_steps: int = 100
     weight_decay: float = 0.05
     grad_clip: float = 1.0
+    # Per-modality weights of the 'mod' loss (mean of per-modality means); 1 = the
+    # reference's equal weighting. A recipe knob for spending a small budget (docs/learning.md).
+    loss_weights: dict[str, float] = Field(default_factory=dict)
     log_every: int = 10
     val_every: int = 100  # validation loss on held-out rows with a fixed masking; 0: never
     val_samples: int = 64  # held-out rows (crop 0) in the validation batches

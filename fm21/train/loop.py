@@ -52,6 +52,12 @@ def build_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Opt
     return torch.optim.AdamW(groups, lr=cfg.lr, betas=(0.9, 0.95), eps=1e-8)
 
 
+def weighted_loss(per_mod: dict[str, torch.Tensor], weights: dict[str, float]) -> torch.Tensor:
+    """The 'mod' loss with per-modality weights: sum(w_m * loss_m) / number of modalities
+    (all weights 1 gives FourM's own loss)."""
+    return torch.stack([weights.get(m, 1.0) * v for m, v in per_mod.items()]).sum() / len(per_mod)
+
+
 def _masking(cfg: TrainConfig, specs, seed: int) -> UnifiedMasking:
     return UnifiedMasking(specs, num_input_tokens=cfg.num_input_tokens, num_target_tokens=cfg.num_target_tokens,
                           mixture=list(cfg.mixture), seed=seed)
@@ -112,6 +118,9 @@ def run_train(cfg: TrainConfig, ctx) -> dict:
     uri = ctx.workdir.tokens_uri
     specs = ctx.specs
     check_compatible(uri, specs)
+    unknown = sorted(set(cfg.loss_weights) - {n for n, s in specs.items() if s.can_be_target})
+    if unknown:
+        raise ValueError(f"train.loss_weights names {unknown}, which are not target modalities of this run")
     store_meta = read_store_metadata(uri)
     torch.manual_seed(cfg.seed)
     model = FourM(specs, cfg.model, num_input_tokens=cfg.num_input_tokens, num_target_tokens=cfg.num_target_tokens)
@@ -136,6 +145,8 @@ def run_train(cfg: TrainConfig, ctx) -> dict:
             for group in opt.param_groups:
                 group["lr"] = lr_at(step, cfg)
             loss, per_mod = model(mod_dict)
+            if cfg.loss_weights:
+                loss = weighted_loss(per_mod, cfg.loss_weights)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)

@@ -112,3 +112,17 @@ def test_plot_losses_of_empty_history_writes_nothing(tmp_path):
     path = tmp_path / "loss.png"
     plot_losses([], path)
     assert not path.exists()
+
+
+def test_weighted_loss_with_unit_weights_is_the_model_loss_and_weights_scale_one_term():
+    from fourm_tiny import tiny_batch, tiny_model, tiny_specs
+
+    from fm21.train.loop import weighted_loss
+
+    torch.manual_seed(0)
+    specs = tiny_specs()
+    loss, per_mod = tiny_model(specs)(tiny_batch(specs))
+    assert torch.allclose(weighted_loss(per_mod, {}), loss)
+    name = next(iter(per_mod))
+    heavier = weighted_loss(per_mod, {name: 3.0})
+    assert torch.allclose(heavier - loss, 2.0 * per_mod[name] / len(per_mod))
