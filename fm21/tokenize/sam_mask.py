@@ -246,6 +246,6 @@ def save_recon_png(tok: SamMaskTokenizer, val_labels: np.ndarray, path: Any, *, 
 
     masks = (np.asarray(val_labels[:num_samples]) > 0).astype(np.uint8)
     recon = tok.decode_labels(tok.encode_labels(masks))
-    grey = [np.repeat((m * 255)[..., None], 3, axis=-1) for m in (masks, recon)]  # (b, M, M, 3)
-    save_grid(grey, path, row_labels=["mask", "recon"], scale=2)
+    colours = np.array([[40, 40, 40], [255, 200, 0]], np.uint8)  # outside dark, inside yellow (not the pad's white)
+    save_grid([colours[masks], colours[recon]], path, row_labels=["mask", "recon"], scale=2)  # (b, M, M, 3) rows
 
