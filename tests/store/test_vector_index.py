@@ -53,14 +53,18 @@ def test_index_is_listed_by_lance_and_by_the_stats(labels):
 
 def test_nearest_neighbour_of_a_stored_vector_is_itself_with_exact_cosine_distances(labels):
     uri, vectors = labels
-    picks = [0, 17, 123, 199]
-    keys, dist = search(uri, "dinov2_global", stored_vectors(uri, "dinov2_global", [f"k{i:03d}" for i in picks]), 5)
-    assert [k[0] for k in keys] == [f"k{i:03d}" for i in picks]
+    keys, dist = search(uri, "dinov2_global", stored_vectors(uri, "dinov2_global", [f"k{i:03d}" for i in range(N)]), 5)
+    assert [k[0] for k in keys] == [f"k{i:03d}" for i in range(N)]  # every stored vector finds itself first
     unit = vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
-    for row, i in enumerate(picks):
-        exact = 1.0 - unit @ unit[i]  # (N,) cosine distances to every stored vector
-        assert keys[row] == [f"k{j:03d}" for j in np.argsort(exact, kind="stable")[:5]]
-        assert dist[row] == pytest.approx(np.sort(exact)[:5], abs=1e-3)  # re-ranked exactly, float16 inputs
+    exact = 1.0 - unit @ unit.T  # (N, N) cosine distances
+    found = np.array([[int(k[1:]) for k in row] for row in keys])  # (N, 5) row ids
+    # distances are re-ranked exactly (float16 inputs), in increasing order
+    assert dist == pytest.approx(np.take_along_axis(exact, found, axis=1), abs=1e-3)
+    assert (np.diff(dist, axis=1) >= -1e-6).all()
+    # PQ is approximate: most true top-5 neighbours are found (0.98 measured; k-means is not seeded)
+    truth = np.argsort(exact, axis=1, kind="stable")[:, :5]
+    recall = np.mean([len(set(t) & set(f)) / 5 for t, f in zip(truth, found)])
+    assert recall > 0.85
 
 
 def test_ivf_flat_is_refused_on_float16_and_built_on_float32(labels):
