@@ -227,28 +227,47 @@ def _echo_outputs(cfg: FlowConfig) -> None:
         typer.echo("\n".join(line for line in verdict.splitlines() if line.startswith("|")))
 
 
-@app.command(epilog="Example: fm21 stats --json > stats.json")
+@app.command(epilog="Example: fm21 stats --json > stats.json; fm21 stats --png stats_png")
 @one_line_errors
 def stats(
     as_json: Annotated[bool, typer.Option("--json", help="print JSON instead of a table")] = False,
-    labels: Annotated[bool, typer.Option("--labels", help="labels.lance: bytes per sample per column")] = False,
+    labels: Annotated[bool, typer.Option(
+        "--labels", help="labels.lance only: bytes per sample and coverage per column")] = False,
+    png: Annotated[Optional[str], typer.Option(
+        "--png", metavar="DIR", help="write code-usage and sequence-length histograms of tokens.lance to DIR")] = None,
 ) -> None:
-    """Token-store statistics: rows, per-modality coverage, codebook usage, perplexity, bytes."""
+    """Store statistics: tokens.lance (rows, crops, per-modality coverage, codebook usage,
+    perplexity, dead codes, sequence lengths, bytes) and labels.lance (coverage and bytes
+    per column), with each store's Lance versions, tags and indices."""
     from fm21.store.layout import Workdir
-    from fm21.store.stats import format_label_stats, format_stats, label_store_stats, token_store_stats
+    from fm21.store.stats import (format_label_stats, format_stats, label_store_stats, scan_token_store,
+                                  write_histograms)
 
+    if labels and png is not None:
+        raise typer.BadParameter("--png draws the histograms of tokens.lance: drop --labels")
     wd = Workdir(_cfg().workdir)
     uri, stage = (wd.labels_uri, "pseudolabel") if labels else (wd.tokens_uri, "tokens")
     if not uri.exists():
         typer.echo(f"error: no store at {uri}; run `make {stage}` first", err=True)
         raise typer.Exit(1)
-    result = label_store_stats(uri) if labels else token_store_stats(uri)
+    if labels:
+        result = label_store_stats(uri, coverage=True)
+        text = format_label_stats(result)
+    else:
+        scan = scan_token_store(uri)
+        result = scan.stats  # the token store's stats stay at the top level (`--json` readers)
+        label_result = label_store_stats(wd.labels_uri, coverage=True) if wd.labels_uri.exists() else None
+        result["labels"] = label_result
+        text = format_stats(result) + ("\n\n" + format_label_stats(label_result) if label_result else "")
+        if png is not None:
+            paths = write_histograms(scan, png)
+            typer.echo(f"wrote {len(paths)} histograms to {png}", err=True)
     if as_json:
         import json
 
         typer.echo(json.dumps(result, indent=2))
     else:
-        typer.echo(format_label_stats(result) if labels else format_stats(result))
+        typer.echo(text)
 
 
 @weights_app.command("list", epilog="Example: fm21 weights list --recipe 4m21-b")
