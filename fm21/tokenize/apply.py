@@ -162,7 +162,7 @@ class TokenizeActor:
         for i, crop in enumerate(crops):
             row = {c: batch[c][i] for c in spec.label_columns}
             rng = np.random.default_rng([self.cfg.seed, index, key_hash(batch["key"][i])])
-            text = serialize(name, row, crop, size=size, rng=rng)
+            text = serialize(spec.serialization, row, crop, size=size, rng=rng)
             out.append(self._ids(text))
         return out
 

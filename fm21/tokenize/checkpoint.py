@@ -4,10 +4,10 @@
 ``config.json`` holds the tokenizer config's fields at top level (``family`` among them:
 the loader builds through ``family_module(config["family"]).build``; checkpoints without
 it are conv VQ-VAEs) plus ``fingerprint``, ``random_init`` and ``training`` (the training
-summary, or null). The fingerprint is a
-short sha256 over the model config and the weight bytes (names, dtypes, shapes, data):
-it identifies what the tokenizer computes, so it is stable across save/load and equal
-for two runs that produce the same weights (wall times in ``training`` do not enter).
+summary, or null). The fingerprint is a short sha256 over the model config and the
+weight bytes (names, dtypes, shapes, data): it identifies what the tokenizer computes, so
+it is stable across save/load and equal for two runs that produce the same weights (wall
+times in ``training`` do not enter).
 
 The folder may be local or on an object store (``fm21.store.fs``): files are written and
 read as bytes, never through a local path.

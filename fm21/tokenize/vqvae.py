@@ -9,6 +9,9 @@ stride-2 convs). Widths double toward the token grid and reach ``hidden_dim`` th
 (``hidden_dim / 2**(S-l)`` at level ``l``, at least 16), so most compute sits at the
 coarse levels; every level but the finest has ``num_layers`` residual blocks. The
 decoder mirrors it with stride-2 transposed convs and ends in a per-pixel linear head.
+
+The module is the ``vqvae`` tokenizer family (``fm21.tokenize.families``): ``FAMILY``,
+``Config``, ``build``, ``train`` and ``save_recon_png`` at the bottom.
 """
 
 from __future__ import annotations

@@ -61,7 +61,8 @@ class ToyFeatures(FeatureMapSpecialist):
 
 
 SPEC = ModalitySpec(name="tok_toy", kind="feature_tokens", specialist="toy_features", label_columns=("toy_feat",),
-                    label_kind="feature", tokenizer="vqvae", vocab_size=16, resolution=SIZE, patch_size=PATCH, num_channels=CHANNELS)
+                    label_kind="feature", tokenizer="vqvae", vocab_size=16, resolution=SIZE, patch_size=PATCH,
+                    num_channels=CHANNELS)
 
 
 def test_feature_maps_config_is_validated(tmp_path):
