@@ -132,7 +132,8 @@ class PseudolabelConfig(Strict):
 
 # ------------------------------------------------------------------------------ tokenizers
 class VQTokenizerConfig(Strict):
-    family: Literal["vqvae", "divae"] = "vqvae"
+    # The tokenizer family of this modality; None: the registry's (ModalitySpec.tokenizer).
+    family: str | None = None
     hidden_dim: int = 64
     num_layers: int = 2  # residual blocks per stage
     latent_dim: int = 32
@@ -142,6 +143,15 @@ class VQTokenizerConfig(Strict):
     commitment_weight: float = 1.0
     ema_decay: float = 0.99
     dead_code_coef: float = 32.0
+
+    @field_validator("family")
+    @classmethod
+    def _known_family(cls, value: str | None) -> str | None:
+        from fm21.tokenize.families import TOKENIZER_FAMILIES  # a table of names, import-light
+
+        if value is not None and value not in TOKENIZER_FAMILIES:
+            raise ValueError(f"unknown tokenizer family {value!r}; known families: {', '.join(TOKENIZER_FAMILIES)}")
+        return value
 
 
 class TextTokenizerConfig(Strict):

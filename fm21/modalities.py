@@ -23,6 +23,11 @@ from typing import Literal, Mapping
 
 Kind = Literal["pixels", "image_tokens", "feature_tokens", "global_tokens", "sequence", "embedding"]
 
+LabelKind = Literal[
+    "rgb", "depth", "normal", "classes", "edges", "feature", "vector", "text", "boxes", "instances", "poses",
+    "palette", "metadata", "embedding",
+]
+
 IMAGE_KINDS = ("pixels", "image_tokens", "feature_tokens", "global_tokens")
 SEQUENCE_KINDS = ("sequence", "embedding")
 
@@ -49,6 +54,10 @@ class ModalitySpec:
     embedding_dim: int | None = None  # embedding kind: width of the frozen vectors
     serialization: str | None = None  # sequence only: caption | det | color_palette | ...
     shared_vocab: str | None = None  # sequences share the text tokenizer of this modality
+    # What its label column holds; decides how it is preprocessed, coloured, cropped and
+    # evaluated (rgb | depth | normal | classes | edges | feature | vector | text | boxes |
+    # instances | poses | palette | metadata | embedding).
+    label_kind: LabelKind | None = None
 
     # ---------------------------------------------------------------- derived values
     @property
@@ -143,79 +152,79 @@ def _seq(name: str, **kw) -> ModalitySpec:
 # resolution is a field, not an ``@224`` suffix.
 MODALITIES: Mapping[str, ModalitySpec] = {
     "rgb": _img(
-        "rgb", kind="pixels", input_only=True, specialist="image", label_columns=("rgb",),
+        "rgb", kind="pixels", input_only=True, specialist="image", label_kind="rgb", label_columns=("rgb",),
         num_channels=3,
     ),
     "tok_rgb": _img(
         "tok_rgb", tokenizer="divae", tokenizer_source="rgb", vocab_size=16384,
-        specialist="image", label_columns=("rgb",), num_channels=3,
+        specialist="image", label_kind="rgb", label_columns=("rgb",), num_channels=3,
     ),
     "caption": _seq(
-        "caption", specialist="caption", label_columns=("caption",), max_seq_len=256,
+        "caption", specialist="caption", label_kind="text", label_columns=("caption",), max_seq_len=256,
         shared_vocab=None,
     ),
     "t5_caption": ModalitySpec(
         name="t5_caption", kind="embedding", input_only=True, specialist="t5",
-        label_columns=("t5_caption",), max_seq_len=77, embedding_dim=4096,
+        label_kind="embedding", label_columns=("t5_caption",), max_seq_len=77, embedding_dim=4096,
     ),
-    "det": _seq("det", specialist="detection", label_columns=("det",), max_seq_len=256),
+    "det": _seq("det", specialist="detection", label_kind="boxes", label_columns=("det",), max_seq_len=256),
     "tok_depth": _img(
         "tok_depth", tokenizer="divae", tokenizer_source="depth", vocab_size=8192,
-        specialist="depth", label_columns=("depth",), num_channels=1,
+        specialist="depth", label_kind="depth", label_columns=("depth",), num_channels=1,
     ),
     "tok_normal": _img(
         "tok_normal", tokenizer="divae", tokenizer_source="normal", vocab_size=8192,
-        specialist="normal", label_columns=("normal",), num_channels=3,
+        specialist="normal", label_kind="normal", label_columns=("normal",), num_channels=3,
     ),
     "tok_semseg": _img(
         "tok_semseg", tokenizer="vqvae", tokenizer_source="semseg_coco", vocab_size=4096,
-        specialist="semseg", label_columns=("semseg",), num_channels=134,
+        specialist="semseg", label_kind="classes", label_columns=("semseg",), num_channels=134,
     ),
     "tok_clip": _img(
         "tok_clip", kind="feature_tokens", tokenizer="vqvae", tokenizer_source="CLIP-B16",
-        vocab_size=8192, specialist="clip", label_columns=("clip",), num_channels=512,
+        vocab_size=8192, specialist="clip", label_kind="feature", label_columns=("clip",), num_channels=512,
     ),
     "tok_dinov2": _img(
         "tok_dinov2", kind="feature_tokens", tokenizer="vqvae", tokenizer_source="DINOv2-B14",
-        vocab_size=8192, patch_size=14, specialist="dinov2", label_columns=("dinov2",),
+        vocab_size=8192, patch_size=14, specialist="dinov2", label_kind="feature", label_columns=("dinov2",),
         num_channels=768,
     ),
     "tok_dinov2_global": ModalitySpec(
         name="tok_dinov2_global", kind="global_tokens", tokenizer="memcodes",
         tokenizer_source="DINOv2-B14-global", vocab_size=8192, num_global_tokens=16,
-        specialist="dinov2", label_columns=("dinov2_global",), num_channels=768,
+        specialist="dinov2", label_kind="vector", label_columns=("dinov2_global",), num_channels=768,
     ),
     "tok_imagebind": _img(
         "tok_imagebind", kind="feature_tokens", tokenizer="vqvae",
         tokenizer_source="ImageBind-H14", vocab_size=8192, patch_size=14,
-        specialist="imagebind", label_columns=("imagebind",), num_channels=1280,
+        specialist="imagebind", label_kind="feature", label_columns=("imagebind",), num_channels=1280,
     ),
     "tok_imagebind_global": ModalitySpec(
         name="tok_imagebind_global", kind="global_tokens", tokenizer="memcodes",
         tokenizer_source="ImageBind-H14-global", vocab_size=8192, num_global_tokens=16,
-        specialist="imagebind", label_columns=("imagebind_global",), num_channels=1280,
+        specialist="imagebind", label_kind="vector", label_columns=("imagebind_global",), num_channels=1280,
     ),
     "tok_canny_edge": _img(
         "tok_canny_edge", tokenizer="divae", tokenizer_source="canny_edge", vocab_size=8192,
-        specialist="canny_edge", label_columns=("canny_edge",), num_channels=1,
+        specialist="canny_edge", label_kind="edges", label_columns=("canny_edge",), num_channels=1,
     ),
     "tok_sam_edge": _img(
         "tok_sam_edge", tokenizer="divae", tokenizer_source="canny_edge", vocab_size=8192,
-        specialist="sam_edge", label_columns=("sam_edge",), num_channels=1,
+        specialist="sam_edge", label_kind="edges", label_columns=("sam_edge",), num_channels=1,
     ),
     "sam_instance": _seq(
-        "sam_instance", specialist="sam", label_columns=("sam_instances",), max_seq_len=290,
+        "sam_instance", specialist="sam", label_kind="instances", label_columns=("sam_instances",), max_seq_len=290,
     ),
     "human_poses": _seq(
-        "human_poses", specialist="human_pose", label_columns=("human_poses",),
+        "human_poses", specialist="human_pose", label_kind="poses", label_columns=("human_poses",),
         max_seq_len=275,
     ),
     "color_palette": _seq(
-        "color_palette", specialist="color_palette", label_columns=("color_palette",),
+        "color_palette", specialist="color_palette", label_kind="palette", label_columns=("color_palette",),
         max_seq_len=23,
     ),
     "metadata": _seq(
-        "metadata", specialist="metadata", label_columns=("metadata",), max_seq_len=40,
+        "metadata", specialist="metadata", label_kind="metadata", label_columns=("metadata",), max_seq_len=40,
     ),
 }
 

@@ -3,7 +3,7 @@
 A learned RGB -> X result only means something beside the strongest predictor that
 never sees the input. On scenes with a fixed layout (floor below, wall behind) the
 per-pixel prior of the training split is that predictor; the per-image / global
-constants are kept as weaker references. ``BASELINES[task]`` lists them by name; every
+constants are kept as weaker references. ``BASELINES[label_kind]`` lists them by name; every
 function maps (truth (B, R, R[, C]), training maps (T, R, R[, C])) -> a prediction
 shaped like ``truth``. Only the depth constant reads the truth: its per-image mean is
 what depth alignment would recover from any constant anyway.
@@ -56,11 +56,11 @@ def majority_class(truth: np.ndarray, train: np.ndarray) -> np.ndarray:
     return np.full_like(truth, int(np.bincount(train.ravel().astype(np.int64)).argmax()))
 
 
-# task -> baseline name -> function; the first is the per-pixel prior of the training split
+# label kind -> baseline name -> function; the first is the per-pixel prior of the training split
 BASELINES: dict[str, dict[str, Baseline]] = {
     "depth": {"per-pixel mean depth": per_pixel_mean_depth, "per-image mean depth": per_image_mean_depth},
     "normal": {"per-pixel mean normal": per_pixel_mean_normal, "mean training normal": mean_normal},
-    "semseg": {"per-pixel majority class": per_pixel_majority_class, "majority class": majority_class},
+    "classes": {"per-pixel majority class": per_pixel_majority_class, "majority class": majority_class},
 }
 
 

@@ -1,4 +1,5 @@
-"""Task metrics against ground truth: depth (delta1, AbsRel), normals (angle), semseg (mIoU).
+"""Task metrics against ground truth, chosen by the target's label kind
+(``ModalitySpec.label_kind``): depth (delta1, AbsRel), normal (angle), classes (mIoU).
 
 Every metric takes an optional boolean ``mask`` (B, R, R) of the pixels to score, so the
 same code scores whole images and object pixels only (the layout prior of a scene, floor
@@ -80,15 +81,15 @@ def semseg_metrics(pred: np.ndarray, true: np.ndarray, *, num_classes: int, mask
     return {"miou": miou, "pixel_acc": acc, "num_classes_present": int(present.sum())}
 
 
-def task_metrics(task: str, pred: np.ndarray, true: np.ndarray, *, num_classes: int = 134,
+def task_metrics(kind: str, pred: np.ndarray, true: np.ndarray, *, num_classes: int = 134,
                  mask: np.ndarray | None = None, classes: np.ndarray | None = None) -> dict[str, float]:
-    if task == "depth":
-        return depth_metrics(pred, true, mask=mask)
-    if task == "normal":
-        return normal_metrics(pred, true, mask=mask)
-    if task == "semseg":
-        return semseg_metrics(pred, true, num_classes=num_classes, mask=mask, classes=classes)
-    raise KeyError(f"no metrics for task {task!r}")
+    """The metrics of label kind ``kind`` (depth | normal | classes). ``num_classes`` and
+    ``classes`` matter to categorical kinds only."""
+    try:
+        metrics = METRICS[kind]
+    except KeyError:
+        raise KeyError(f"no metrics for label kind {kind!r}; have {', '.join(METRICS)}") from None
+    return metrics(pred, true, mask=mask, num_classes=num_classes, classes=classes)
 
 
 def gap_closed(value: float, prior: float, bound: float) -> float:
@@ -100,8 +101,17 @@ def gap_closed(value: float, prior: float, bound: float) -> float:
     return float((value - prior) / span)
 
 
-# Which metric decides "better", and in which direction.
-HEADLINE = {"depth": ("delta1", +1), "normal": ("mean_angle", -1), "semseg": ("miou", +1)}
+# label kind -> its metrics, (pred, true, *, mask, num_classes, classes) -> {name: value}
+METRICS = {
+    "depth": lambda p, t, *, mask, num_classes, classes: depth_metrics(p, t, mask=mask),
+    "normal": lambda p, t, *, mask, num_classes, classes: normal_metrics(p, t, mask=mask),
+    "classes": lambda p, t, *, mask, num_classes, classes: semseg_metrics(p, t, num_classes=num_classes, mask=mask,
+                                                                         classes=classes),
+}
+
+# label kind -> the metric that decides "better", and in which direction. The label kinds
+# listed here are the evaluable ones: a target modality of such a kind is an evaluate task.
+HEADLINE = {"depth": ("delta1", +1), "normal": ("mean_angle", -1), "classes": ("miou", +1)}
 
 # Direction of every reported metric: +1 higher is better, -1 lower is better.
 DIRECTION = {"delta1": +1, "abs_rel": -1, "mean_angle": -1, "median_angle": -1, "within_11.25": +1,

@@ -18,14 +18,14 @@ def _pct(x: float) -> str:
     return "n/a" if x != x else f"{100 * x:.0f} %"  # x != x: NaN
 
 
-def verdict_table(summary: dict) -> list[str]:
+def verdict_table(summary: dict, kinds: dict[str, str]) -> list[str]:
     """Headline metric per task and scope: 4M vs the strongest image-blind baseline vs
-    the tokenizer bound, and the share of the gap 4M closes."""
+    the tokenizer bound, and the share of the gap 4M closes. ``kinds``: task -> label kind."""
     lines = ["| task | pixels | metric | 4M (RGB→X) | strongest image-blind baseline | tokenizer bound "
              f"| gap closed | ≥ {GAP_TARGET:.0%} of gap |",
              "|---|---|---|---|---|---|---|---|"]
     for task, res in summary["tasks"].items():
-        metric, sign = HEADLINE[task]
+        metric, sign = HEADLINE[kinds[task]]
         for scope in ("all", "objects"):
             s = res["scores"][scope]
             base = res["strongest_baseline"][scope]
@@ -51,9 +51,10 @@ def detail_table(task: str, res: dict) -> list[str]:
     return lines
 
 
-def sample_grid(rgb: np.ndarray, keys: list[str], samples: dict[str, dict[str, np.ndarray]], path: Path) -> None:
+def sample_grid(rgb: np.ndarray, keys: list[str], samples: dict[str, dict[str, np.ndarray]], path: Path,
+                kinds: dict[str, str]) -> None:
     """samples.png: a row per held-out sample (its key on the left), a labelled column per
-    (task, truth / 4M / prior / bound) after the RGB input."""
+    (task, truth / 4M / prior / bound) after the RGB input, coloured by label kind."""
     columns = ["RGB\ninput"] + [f"{task}\n{part}" for task, s in samples.items() for part in s]
     rows = []
     for i in range(len(rgb)):
@@ -61,17 +62,18 @@ def sample_grid(rgb: np.ndarray, keys: list[str], samples: dict[str, dict[str, n
         for task, s in samples.items():
             for part in s.values():
                 img = part[i:i + 1]
-                if task == "depth":  # colour-map each depth map on its own range
+                if kinds[task] == "depth":  # colour-map each depth map on its own range
                     img = (img - img.mean()) / (img.std() + 1e-6)
-                row.append(labels_to_rgb(task, img)[0])
+                row.append(labels_to_rgb(kinds[task], img)[0])
         rows.append(np.stack(row))
     save_grid(rows, path, col_labels=columns, row_labels=list(keys), scale=2)
 
 
 def write_report(out: Path, summary: dict, *, rgb: np.ndarray, keys: list[str],
-                 samples: dict[str, dict[str, np.ndarray]]) -> None:
-    """report.md (verdict table, per-task detail tables) and samples.png."""
-    sample_grid(rgb, keys, samples, out / "samples.png")
+                 samples: dict[str, dict[str, np.ndarray]], kinds: dict[str, str]) -> None:
+    """report.md (verdict table, per-task detail tables) and samples.png. ``kinds``: the
+    label kind of each task, which picks its headline metric and colouring."""
+    sample_grid(rgb, keys, samples, out / "samples.png", kinds)
     tag = ""
     if summary["random_parts"]:
         tag = f"\n> **random**: {', '.join(summary['random_parts'])} ran with random weights; their numbers are plumbing only.\n"
@@ -94,7 +96,7 @@ def write_report(out: Path, summary: dict, *, rgb: np.ndarray, keys: list[str],
         "the training split) is the strongest of them on these scenes. *Gap closed* = (4M − baseline) / "
         "(bound − baseline) on the headline metric: 0 % is the prior, 100 % the tokenizer bound.",
         "",
-        *verdict_table(summary),
+        *verdict_table(summary, kinds),
         "",
         "## Every metric",
         *details,

@@ -1,6 +1,9 @@
-"""Tokenizers of fm21: VQ-VAE image tokenizers, Memcodes tokenizers of global embeddings and
-SMPL body poses, the WordPiece text tokenizer and the 4M sequence serialisations (det, colour
-palette, metadata).
+"""Tokenizers of fm21. ``fm21.tokenize.families`` maps the registry's
+``ModalitySpec.tokenizer`` to its family module: the conv VQ-VAE (``vqvae``), the diffusion
+decoder (``divae``), Memcodes MLP tokenizers of global embeddings and SMPL body poses
+(``memcodes``) and the SAM instance-mask tokenizer (``sam_mask``). Beside them: the WordPiece
+text tokenizer and the 4M sequence serialisations (caption, det, colour palette, metadata,
+human poses, SAM instances).
 
 Kept import-light on purpose: import the submodule you need
 (``fm21.tokenize.checkpoint``, ``fm21.tokenize.train_vq``, ``fm21.tokenize.memcodes``,

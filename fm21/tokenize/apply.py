@@ -148,9 +148,12 @@ class TokenizeActor:
         if spec.kind == "feature_tokens":
             maps = self._feature_maps(spec, batch, crops, index=index)
             return list(self.image[name].encode_labels(maps).astype(np.int16))  # (B, N)
+        if spec.kind == "global_tokens":
+            vectors = self._global_vectors(spec, batch, crops, index=index)
+            return list(self.image[name].encode_labels(vectors).astype(np.int16))  # (B, N)
         if spec.is_image_like:
-            maps = np.stack([
-                apply_crop(m, c, kind=column, out_size=spec.resolution) for m, c in zip(batch[column], crops)
+            maps = np.stack([  # resized and flipped as the label kind needs
+                apply_crop(m, c, kind=spec.label_kind, out_size=spec.resolution) for m, c in zip(batch[column], crops)
             ])
             if spec.kind == "pixels":
                 return list(maps.reshape(len(maps), -1))
@@ -159,7 +162,7 @@ class TokenizeActor:
         for i, crop in enumerate(crops):
             row = {c: batch[c][i] for c in spec.label_columns}
             rng = np.random.default_rng([self.cfg.seed, index, key_hash(batch["key"][i])])
-            text = serialize(name, row, crop, size=size, rng=rng)
+            text = serialize(spec.serialization, row, crop, size=size, rng=rng)
             out.append(self._ids(text))
         return out
 
@@ -183,6 +186,22 @@ class TokenizeActor:
             for j, i in enumerate(todo):
                 out[i] = computed[j]
         return np.stack(out)
+
+    def _global_vectors(self, spec: ModalitySpec, batch: dict, crops: list, *, index: int) -> np.ndarray:
+        """``(B, C)`` global embeddings of one crop: the stored ones are of the full image
+        (crop 0); other crops need the feature specialist to embed the rgb crop."""
+        column = spec.label_columns[0]
+        if index == 0 and all(v is not None for v in batch[column]):
+            return np.stack(batch[column])
+        specialist = self.features.get(spec.specialist)
+        if specialist is None:
+            raise ValueError(f"{spec.name}: crop {index} needs {column!r} of the crop, and specialist "
+                             f"{spec.specialist!r} is not a feature specialist the tokens job can run")
+        rgb = np.stack([apply_crop(m, c, kind="rgb", out_size=spec.resolution) for m, c in zip(batch["rgb"], crops)])
+        computed = specialist.features(rgb)
+        if column not in computed:
+            raise ValueError(f"{spec.name}: specialist {spec.specialist!r} does not compute {column!r} from pixels")
+        return np.asarray(computed[column])
 
     def _ids(self, text: str | list[str] | None) -> list[int] | None:
         if text is None:
@@ -213,7 +232,7 @@ def feature_specialists(specs: dict[str, ModalitySpec], ctx) -> dict[str, dict]:
     from fm21.pseudolabel.specialists.feature import FeatureMapSpecialist
     from fm21.store.manifest import read_manifest
 
-    names = sorted({s.specialist for s in specs.values() if s.kind == "feature_tokens"})
+    names = sorted({s.specialist for s in specs.values() if s.kind in ("feature_tokens", "global_tokens")})
     names = [n for n in names if n in SPECIALISTS and issubclass(SPECIALISTS[n], FeatureMapSpecialist)]
     if not names:
         return {}

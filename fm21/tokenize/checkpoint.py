@@ -1,11 +1,13 @@
 """Self-describing tokenizer checkpoints: ``<dir>/config.json`` + ``model.safetensors``
 (+ ``metrics.json`` and ``recon.png`` when given).
 
-``config.json`` holds the ``TokenizerConfig`` fields at top level plus ``fingerprint``,
-``random_init`` and ``training`` (the training summary, or null). The fingerprint is a
-short sha256 over the model config and the weight bytes (names, dtypes, shapes, data):
-it identifies what the tokenizer computes, so it is stable across save/load and equal
-for two runs that produce the same weights (wall times in ``training`` do not enter).
+``config.json`` holds the tokenizer config's fields at top level (``family`` among them:
+the loader builds through ``family_module(config["family"]).build``; checkpoints without
+it are conv VQ-VAEs) plus ``fingerprint``, ``random_init`` and ``training`` (the training
+summary, or null). The fingerprint is a short sha256 over the model config and the
+weight bytes (names, dtypes, shapes, data): it identifies what the tokenizer computes, so
+it is stable across save/load and equal for two runs that produce the same weights (wall
+times in ``training`` do not enter).
 
 The folder may be local or on an object store (``fm21.store.fs``): files are written and
 read as bytes, never through a local path.
@@ -13,9 +15,11 @@ read as bytes, never through a local path.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import numpy as np
@@ -25,8 +29,7 @@ from safetensors.torch import load, save
 from fm21.store import fs
 from fm21.store.fs import Location, UriPath, as_location
 
-from fm21.tokenize.image_tokenizer import ImageTokenizer, TokenizerConfig
-from fm21.tokenize.vqvae import build_tokenizer
+from fm21.tokenize.families import family_module
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
@@ -34,11 +37,39 @@ METRICS_FILE = "metrics.json"
 RECON_FILE = "recon.png"
 
 
-def _weights(tok: ImageTokenizer) -> dict[str, torch.Tensor]:
+LEGACY_FAMILY = "vqvae"  # what a config.json without ``family`` was written by
+
+Tokenizer = Any  # any family's tokenizer: an nn.Module with ``config`` (to_dict), ``fingerprint``
+
+
+def config_class(module: ModuleType) -> type:
+    """A family module's config dataclass: ``module.Config`` when it names one, else the one
+    dataclass defined there with ``from_spec``, ``from_dict`` and a ``family`` field."""
+    if isinstance(getattr(module, "Config", None), type):
+        return module.Config
+    found = [v for v in vars(module).values()
+             if isinstance(v, type) and dataclasses.is_dataclass(v) and v.__module__ == module.__name__
+             and hasattr(v, "from_dict") and hasattr(v, "from_spec")
+             and "family" in {f.name for f in dataclasses.fields(v)}]
+    if len(found) != 1:
+        raise ValueError(f"{module.__name__}: cannot tell its config class (found {[c.__name__ for c in found]}); "
+                         "name it ``Config``")
+    return found[0]
+
+
+def build_from_config(raw: dict[str, Any]) -> tuple[Tokenizer, Any]:
+    """A randomly initialised tokenizer of a ``config.json`` dict, by its family."""
+    family = raw.get("family") or LEGACY_FAMILY
+    module = family_module(family)
+    config = config_class(module).from_dict({**raw, "family": family})
+    return module.build(config), config
+
+
+def _weights(tok: Tokenizer) -> dict[str, torch.Tensor]:
     return {k: v.detach().cpu().contiguous() for k, v in tok.state_dict().items()}
 
 
-def tokenizer_fingerprint(config: TokenizerConfig, weights: dict[str, torch.Tensor]) -> str:
+def tokenizer_fingerprint(config: Any, weights: dict[str, torch.Tensor]) -> str:
     h = hashlib.sha256(json.dumps(config.to_dict(), sort_keys=True).encode())
     for name in sorted(weights):
         t = weights[name]
@@ -48,7 +79,7 @@ def tokenizer_fingerprint(config: TokenizerConfig, weights: dict[str, torch.Tens
 
 
 def save_tokenizer(
-    tok: ImageTokenizer,
+    tok: Tokenizer,
     directory: Location | str,
     *,
     metrics: dict | None = None,
@@ -72,9 +103,7 @@ def save_tokenizer(
     if metrics is not None:
         (directory / METRICS_FILE).write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n")
     if recon_labels is not None:
-        from fm21.tokenize.train_vq import save_recon_grid  # train_vq imports this module
-
-        save_recon_grid(tok, recon_labels, directory / RECON_FILE)
+        family_module(tok.config.family).save_recon_png(tok, recon_labels, directory / RECON_FILE)
     tok.fingerprint = fingerprint
     return fingerprint
 
@@ -83,10 +112,9 @@ def read_tokenizer_config(directory: Location | str) -> dict[str, Any]:
     return json.loads((as_location(directory) / CONFIG_FILE).read_text())
 
 
-def _load_dir(directory: Location) -> ImageTokenizer:
+def _load_dir(directory: Location) -> Tokenizer:
     raw = read_tokenizer_config(directory)
-    config = TokenizerConfig.from_dict(raw)
-    tok = build_tokenizer(config)
+    tok, config = build_from_config(raw)
     weights = load(fs.read_bytes(directory / WEIGHTS_FILE))
     tok.load_state_dict(weights, strict=True)
     fingerprint = tokenizer_fingerprint(config, _weights(tok))
@@ -100,7 +128,7 @@ def _load_dir(directory: Location) -> ImageTokenizer:
     return tok.eval()
 
 
-def load_tokenizer(name_or_path: str | Path | UriPath, *, root: Location | str | None = None) -> ImageTokenizer:
+def load_tokenizer(name_or_path: str | Path | UriPath, *, root: Location | str | None = None) -> Tokenizer:
     """A checkpoint folder (local or a URI), a bare modality name under ``root``, or a HF hub repo id."""
     path = as_location(name_or_path)
     if (path / CONFIG_FILE).is_file():

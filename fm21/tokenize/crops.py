@@ -15,7 +15,9 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-NEAREST = {"semseg", "instance", "canny_edge", "sam_edge"}  # categorical/binary maps
+NEAREST = {"classes", "edges"}  # label kinds of categorical/binary maps: never interpolated
+UNIT_VECTORS = {"normal"}  # label kinds of unit-vector maps: x flips with the image, renormalised
+MAP_KINDS = {"rgb", "depth", "feature", *NEAREST, *UNIT_VECTORS}  # label kinds that are (S, S[, C]) maps
 
 
 @dataclass(frozen=True)
@@ -51,7 +53,10 @@ def crop_window(size: int, *, key: str, index: int, seed: int, min_scale: float)
 
 
 def apply_crop(label: np.ndarray, crop: Crop, *, kind: str, out_size: int) -> np.ndarray:
-    """Crop a (S, S[, C]) map, resize it to ``out_size`` and flip it, as ``kind`` needs."""
+    """Crop a (S, S[, C]) map, resize it to ``out_size`` and flip it, as its label kind
+    ``kind`` (``ModalitySpec.label_kind``) needs."""
+    if kind not in MAP_KINDS:  # an unknown kind would be interpolated: class ids blended
+        raise ValueError(f"apply_crop: {kind!r} is not a label kind of maps; have {sorted(MAP_KINDS)}")
     patch = label[crop.top:crop.top + crop.height, crop.left:crop.left + crop.width]
     if patch.shape[:2] != (out_size, out_size):
         shrinking = out_size < max(patch.shape[:2])
@@ -60,9 +65,9 @@ def apply_crop(label: np.ndarray, crop: Crop, *, kind: str, out_size: int) -> np
         patch = cv2.resize(src, (out_size, out_size), interpolation=interp).astype(label.dtype)
     if crop.hflip:
         patch = patch[:, ::-1].copy()
-        if kind == "normal":
+        if kind in UNIT_VECTORS:
             patch[..., 0] = -patch[..., 0]  # a mirrored surface faces the other way in x
-    if kind == "normal":
+    if kind in UNIT_VECTORS:
         n = patch.astype(np.float32)
         patch = (n / np.maximum(np.linalg.norm(n, axis=-1, keepdims=True), 1e-6)).astype(label.dtype)
     return np.ascontiguousarray(patch)

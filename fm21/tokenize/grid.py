@@ -1,8 +1,9 @@
 """PNG grids of label maps: originals over reconstructions.
 
-``labels_to_rgb`` colours any label kind (the keys of ``PREPROCESSORS``) as uint8 RGB:
-rgb as is, depth through a perceptual colour ramp, normals as ``(n + 1) / 2``, semseg
-through a fixed palette (class 0 = black), edges grey.
+``labels_to_rgb`` colours any map label kind (``ModalitySpec.label_kind``, the keys of
+``PREPROCESSORS``) as uint8 RGB: rgb as is, depth through a perceptual colour ramp,
+normals as ``(n + 1) / 2``, classes through a fixed palette (class 0 = black), edges
+grey, feature maps by their first three channels.
 """
 
 from __future__ import annotations
@@ -64,20 +65,24 @@ def _feature(x: np.ndarray) -> np.ndarray:
     return np.concatenate([out, np.zeros((*out.shape[:3], 3 - out.shape[3]), np.uint8)], axis=-1)
 
 
+# label kind -> colouring
 COLORIZERS: dict[str, Callable[[np.ndarray], np.ndarray]] = {
     "rgb": lambda x: np.asarray(x).astype(np.uint8),
     "depth": _depth,
     "normal": _normal,
-    "semseg": _semseg,
-    "canny_edge": _grey,
-    "sam_edge": _grey,
+    "classes": _semseg,
+    "edges": _grey,
     "feature": _feature,
 }
 
 
 def labels_to_rgb(kind: str, labels: np.ndarray) -> np.ndarray:
-    """Label maps of one kind ``(B, R, R[, C])`` -> ``(B, R, R, 3)`` uint8."""
-    return COLORIZERS[kind](labels)
+    """Label maps of one label kind ``(B, R, R[, C])`` -> ``(B, R, R, 3)`` uint8."""
+    try:
+        colorize = COLORIZERS[kind]
+    except KeyError:
+        raise KeyError(f"no colouring for label kind {kind!r}; have {', '.join(COLORIZERS)}") from None
+    return colorize(labels)
 
 
 def _text_width(draw, text: str, font) -> int:

@@ -1,15 +1,16 @@
 """``TokenizerConfig`` (what ``config.json`` describes) and the ``ImageTokenizer`` base.
 
-Every image tokenizer family (``vqvae`` now; ``divae``, ``memcodes`` later) subclasses
-``ImageTokenizer``: torch-level ``encode``/``decode`` plus label-space
-``encode_labels``/``decode_labels`` built on the preprocessor named in its config.
+The conv VQ-VAE family (``fm21.tokenize.vqvae``) subclasses ``ImageTokenizer``:
+torch-level ``encode``/``decode`` plus label-space ``encode_labels``/``decode_labels``
+built on the preprocessor of the label kind named in its config. ``TokenizerConfig`` is
+that family's config (the family contract of ``fm21.tokenize.families``).
 """
 
 from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Mapping
 
 import numpy as np
 import torch
@@ -17,7 +18,8 @@ from torch import nn
 
 from fm21.config import VQTokenizerConfig
 from fm21.modalities import ModalitySpec
-from fm21.tokenize.preprocess import PREPROCESSORS, Preprocessor
+from fm21.tokenize.families import family_options
+from fm21.tokenize.preprocess import PREPROCESSORS, Preprocessor, preprocessor_for
 
 
 @dataclass(frozen=True)
@@ -26,7 +28,7 @@ class TokenizerConfig:
 
     family: str
     modality: str
-    preprocess: str  # key of PREPROCESSORS (the label column it reads)
+    preprocess: str  # label kind, the key of PREPROCESSORS (older checkpoints: the label column)
     resolution: int
     patch_size: int
     vocab_size: int
@@ -49,16 +51,22 @@ class TokenizerConfig:
         return self.grid_size**2
 
     @classmethod
-    def from_spec(cls, spec: ModalitySpec, cfg: VQTokenizerConfig) -> TokenizerConfig:
+    def from_spec(cls, spec: ModalitySpec, options: Mapping[str, Any] | VQTokenizerConfig | None = None, *,
+                  family: str = "vqvae") -> TokenizerConfig:
+        """The config of ``spec``'s tokenizer. ``options``: the modality's recipe entry
+        (``tokenizers.image.<modality>``) as a dict (an unknown key raises ValueError
+        naming it) or a ``VQTokenizerConfig``."""
+        cfg = options if isinstance(options, VQTokenizerConfig) else VQTokenizerConfig.model_validate(
+            family_options(options))
+        if spec.label_kind not in PREPROCESSORS:
+            raise ValueError(f"{spec.name}: no preprocessor for label kind {spec.label_kind!r}; "
+                             f"have {', '.join(PREPROCESSORS)}")
         # A feature map is already at the token grid: the tokenizer reads it at patch 1.
         feature = spec.kind == "feature_tokens"
-        preprocess = "feature" if feature else (spec.label_columns[0] if spec.label_columns else None)
-        if preprocess not in PREPROCESSORS:
-            raise ValueError(f"{spec.name}: no preprocessor for label columns {spec.label_columns}")
         return cls(
-            family=cfg.family,
+            family=family,
             modality=spec.name,
-            preprocess=preprocess,
+            preprocess=spec.label_kind,
             resolution=int(spec.label_size),
             patch_size=1 if feature else int(spec.patch_size),
             vocab_size=int(spec.vocab_size),
@@ -93,7 +101,7 @@ class ImageTokenizer(nn.Module):
 
     @property
     def preprocessor(self) -> Preprocessor:
-        return PREPROCESSORS[self.config.preprocess]
+        return preprocessor_for(self.config.preprocess)
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         """Model-space input -> token ids ``(B, h, w)`` long."""

@@ -1,7 +1,8 @@
 """Label-space <-> model-space conversions, one per label kind (apple/ml-4m `fourm/data/modality_info.py`, `fourm/vq/`).
 
-A tokenizer's ``config.json`` names its preprocessor (``PREPROCESSORS[name]``), so the
-normalisation travels with the weights, never with the caller. Label arrays are what
+A tokenizer's ``config.json`` names its preprocessor by label kind
+(``PREPROCESSORS[spec.label_kind]``), so the normalisation travels with the weights,
+never with the caller. Label arrays are what
 the pseudolabel store gives: square ``(B, R, R[, C])`` maps.
 
 Each preprocessor has ``to_model`` (numpy labels -> torch tensor), ``from_model``
@@ -62,6 +63,10 @@ class Preprocessor:
     def hflip(self, x: torch.Tensor) -> torch.Tensor:
         return x.flip(-1)
 
+    def as_decoded(self, labels: np.ndarray) -> np.ndarray:
+        """Labels on the scale ``from_model`` returns, for side-by-side pictures."""
+        return labels
+
     def metrics(self, pred: np.ndarray, true: np.ndarray) -> dict[str, float]:
         mse = float(np.mean((pred.astype(np.float64) - true.astype(np.float64)) ** 2))
         return {"mse": mse, "psnr": float(10 * np.log10(255.0**2 / max(mse, 1e-10)))}
@@ -79,6 +84,9 @@ class DepthPreprocessor(Preprocessor):
 
     def loss(self, out: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         return F.smooth_l1_loss(out, target)  # the reference's depth loss
+
+    def as_decoded(self, labels: np.ndarray) -> np.ndarray:
+        return robust_standardize(labels)  # decode gives standardised depth, not metres
 
     def metrics(self, pred: np.ndarray, true: np.ndarray) -> dict[str, float]:
         true_std = robust_standardize(true)
@@ -223,14 +231,26 @@ class FeaturePreprocessor(Preprocessor):
         return {"mse": float(np.mean((p - t) ** 2)), "cosine": float(np.mean(dot / np.maximum(norms, 1e-12)))}
 
 
-# Keyed by the label column a tokenizer reads (``ModalitySpec.label_columns[0]``).
+# Keyed by label kind (``ModalitySpec.label_kind``); a new modality of a known kind needs
+# no entry here.
 PREPROCESSORS: dict[str, Preprocessor] = {
     "rgb": Preprocessor(name="rgb", channels=3),
     "depth": DepthPreprocessor(name="depth", channels=1),
     "normal": NormalPreprocessor(name="normal", channels=3),
-    "semseg": SemsegPreprocessor(name="semseg", channels=1),
-    "canny_edge": EdgePreprocessor(name="canny_edge", channels=1),
-    "sam_edge": EdgePreprocessor(name="sam_edge", channels=1),
-    # feature_tokens modalities, whatever their column (clip, dinov2, ...): see from_spec
+    "classes": SemsegPreprocessor(name="classes", channels=1),
+    "edges": EdgePreprocessor(name="edges", channels=1),
+    # feature_tokens modalities (clip, dinov2, ...): (g, g, C) at the token grid
     "feature": FeaturePreprocessor(name="feature", channels=0),
 }
+
+# Checkpoints written before preprocessors were keyed by label kind name the label column
+# they read; their config.json (and so their fingerprint) keeps that value, resolved here.
+LEGACY_PREPROCESS = {"semseg": "classes", "canny_edge": "edges", "sam_edge": "edges"}
+
+
+def preprocessor_for(name: str) -> Preprocessor:
+    """The preprocessor of a label kind (or of a legacy checkpoint's ``preprocess`` value)."""
+    try:
+        return PREPROCESSORS[LEGACY_PREPROCESS.get(name, name)]
+    except KeyError:
+        raise KeyError(f"no preprocessor for label kind {name!r}; have {', '.join(PREPROCESSORS)}") from None

@@ -1,7 +1,9 @@
 """The tokenizers stage: train every enabled modality's tokenizer on a sample of labels.lance.
 
-Image-like modalities get a VQ tokenizer each (``tokenizers/<modality>/``: config.json,
-model.safetensors, metrics.json, recon.png), trained as one Ray task per modality with
+Image-like modalities get a tokenizer each (``tokenizers/<modality>/``: config.json,
+model.safetensors, metrics.json, recon.png), of the family the registry names
+(``ModalitySpec.tokenizer``, or the recipe's ``tokenizers.image.<modality>.family``),
+trained by that family's module (``fm21.tokenize.families``) as one Ray task per modality with
 the CPUs/GPUs of ``tokenizers.num_cpus``/``num_gpus``: the worker reads its label maps
 from labels.lance and writes its checkpoint folder itself; the driver only plans (the
 sampled keys) and gathers the small reports. All sequence modalities share one
@@ -36,6 +38,7 @@ from fm21.store import labels as store
 from fm21.store.fs import Location
 from fm21.store.manifest import fingerprint_of
 from fm21.tokenize.crops import Crop, apply_crop, key_hash
+from fm21.tokenize.families import check_installed, family_module, family_of, family_options, recipe_options
 from fm21.tokenize.sequences import corpus_of
 
 log = logging.getLogger("fm21")
@@ -102,9 +105,11 @@ def _record(folder: Location, fingerprint: str, report: dict) -> None:
     fs.write_atomic(folder / INPUTS_FILE, json.dumps({"fingerprint": fingerprint, "report": report}, indent=2) + "\n")
 
 
-def training_maps(uri, column: str, keys: list[str], *, out_size: int, feature: bool = False) -> np.ndarray:
-    """Label maps of ``keys`` at the tokenizer's resolution (crop 0: the full image);
-    ``feature``: patch feature maps, at the token grid."""
+def training_maps(uri, column: str, keys: list[str], *, out_size: int, label_kind: str,
+                  feature: bool = False) -> np.ndarray:
+    """Labels of ``keys`` as the tokenizer reads them: maps at its resolution (crop 0: the
+    full image, resized as ``label_kind`` needs); ``feature``: patch feature maps at the
+    token grid; a ``vector`` label kind (one global embedding per image): as stored."""
     if feature:
         from fm21.pseudolabel.specialists.feature import decode_feature_maps
 
@@ -112,29 +117,33 @@ def training_maps(uri, column: str, keys: list[str], *, out_size: int, feature: 
         table = store.open_dataset(uri).to_table(columns=[column], filter=f"key IN ({quoted})")
         maps = decode_feature_maps(table.column(column), table.schema.field(column))  # (g, g, C) each
     else:
-        maps = store.read_maps(uri, [column], keys=keys)[column]  # (B, S, S[, C])
+        maps = store.read_maps(uri, [column], keys=keys)[column]  # (B, S, S[, C]) or (B, C) vectors
+    if label_kind == "vector":  # a global embedding: no window to crop
+        return np.stack(maps)
     size = maps[0].shape[0]
     full = Crop(0, 0, size, size, False)
-    return np.stack([apply_crop(m, full, kind=column, out_size=out_size) for m in maps])
+    return np.stack([apply_crop(m, full, kind=label_kind, out_size=out_size) for m in maps])
 
 
-def _train_image(name: str, spec, vcfg: VQTokenizerConfig, uri, keys: list[str], out_dir, seed: int,
+def _train_image(name: str, spec, options: dict, uri, keys: list[str], out_dir, seed: int,
                  threads: int, inputs_fp: str = "") -> dict:
-    """One tokenizer, start to finish, on a worker: read maps, train, save, report."""
+    """One tokenizer, start to finish, on a worker: read labels, train through the
+    modality's family module, save, report."""
     import torch
 
     from fm21.tokenize.checkpoint import save_tokenizer
-    from fm21.tokenize.train_vq import save_recon_grid, train_vq_tokenizer
 
     torch.set_num_threads(threads)
-    maps = training_maps(uri, spec.label_columns[0], keys, out_size=spec.label_size,
+    family = family_module(family_of(spec, options))
+    maps = training_maps(uri, spec.label_columns[0], keys, out_size=spec.label_size, label_kind=spec.label_kind,
                          feature=spec.kind == "feature_tokens")
     num_val = max(8, len(maps) // 10)
     train, val = maps[num_val:], maps[:num_val]
-    tok, metrics = train_vq_tokenizer(spec, vcfg, train, val, seed=seed)
+    tok, metrics = family.train(spec, family_options(options), train, val, seed=seed)
     fp = save_tokenizer(tok, out_dir / name, metrics=metrics)
-    save_recon_grid(tok, val, out_dir / name / "recon.png")
-    log.info("tokenizers: %s trained (%s) %s", name, fp, {k: v for k, v in metrics.items() if k != "train"})
+    family.save_recon_png(tok, val, out_dir / name / "recon.png")
+    log.info("tokenizers: %s trained (%s, %s) %s", name, family.FAMILY, fp,
+             {k: v for k, v in metrics.items() if k != "train"})
     report = {"fingerprint": fp, **{k: v for k, v in metrics.items() if isinstance(v, (int, float))}}
     if inputs_fp:
         _record(out_dir / name, inputs_fp, report)
@@ -162,9 +171,14 @@ def run_tokenizers(cfg: TokenizersConfig, ctx) -> dict:
     jobs: dict[str, tuple] = {}
     for name in names:
         spec, vcfg = ctx.specs[name], cfg.image.get(name, VQTokenizerConfig())
+        options = recipe_options(cfg.image.get(name))
+        family = check_installed(family_of(spec, options))  # a missing family fails here, on the driver
         train_keys = (stored_keys(uri, spec.label_columns[0], cfg.train_samples, seed=cfg.seed)
                       if spec.kind == "feature_tokens" else keys)
-        fp = fingerprint_of({"spec": dataclasses.asdict(spec), "config": vcfg.model_dump(mode="json"),
+        # The effective family stands in the recorded config (a recipe override and the
+        # registry's family train the same tokenizer).
+        config = {**(vcfg.model_dump(mode="json") if hasattr(vcfg, "model_dump") else dict(vcfg)), "family": family}
+        fp = fingerprint_of({"spec": dataclasses.asdict(spec), "config": config,
                              "seed": cfg.seed, "keys": _keys_digest(train_keys),
                              "labels": label_inputs(labels_meta, spec), "fm21": fm21.__version__})
         if (hit := _reusable(out_dir / name, fp)) is not None:
@@ -172,15 +186,15 @@ def run_tokenizers(cfg: TokenizersConfig, ctx) -> dict:
             reused.append(name)
         else:
             (out_dir / name / INPUTS_FILE).unlink(missing_ok=True)
-            jobs[name] = (spec, vcfg, train_keys, fp)
+            jobs[name] = (spec, options, train_keys, fp)
     if jobs:
         ensure_ray(ctx.ray)
         env = worker_env()  # the object store's endpoint and credentials, for an s3:// workdir
         task = ray.remote(_train_image).options(num_cpus=cfg.num_cpus, num_gpus=cfg.num_gpus,
                                                 **({"runtime_env": {"env_vars": env}} if env else {}))
         threads = max(1, int(cfg.num_cpus))
-        futures = {n: task.remote(n, spec, vcfg, str(uri), tkeys, out_dir, cfg.seed, threads, fp)
-                   for n, (spec, vcfg, tkeys, fp) in jobs.items()}
+        futures = {n: task.remote(n, spec, options, str(uri), tkeys, out_dir, cfg.seed, threads, fp)
+                   for n, (spec, options, tkeys, fp) in jobs.items()}
     sequences = [n for n, s in ctx.specs.items() if s.kind == "sequence"]
     if sequences:
         columns = sorted({c for n in sequences for c in ctx.specs[n].label_columns})

@@ -19,9 +19,8 @@ from fm21.config import VQTokenizerConfig
 from fm21.modalities import ModalitySpec
 from fm21.tokenize.grid import labels_to_rgb, save_grid
 from fm21.tokenize.image_tokenizer import ImageTokenizer, TokenizerConfig
-from fm21.tokenize.preprocess import robust_standardize
 from fm21.tokenize.quantizer import codebook_stats
-from fm21.tokenize.vqvae import build_tokenizer
+from fm21.tokenize.vqvae import build
 
 
 def lr_at(step: int, *, steps: int, base_lr: float, warmup: int) -> float:
@@ -105,7 +104,7 @@ def train_vq_tokenizer(
 ) -> tuple[ImageTokenizer, dict[str, Any]]:
     """Train the tokenizer of ``spec`` on label maps ``train``; metrics on ``val``."""
     torch.manual_seed(seed)  # weight init and dead-code restarts draw from the global RNG
-    tok = build_tokenizer(TokenizerConfig.from_spec(spec, cfg))
+    tok = build(TokenizerConfig.from_spec(spec, cfg))
     x_train = tok.preprocessor.to_model(train)  # normalise once, not per step
     start = time.perf_counter()
     history = _train_loop(tok, x_train, cfg, seed=seed)
@@ -130,7 +129,7 @@ def save_recon_grid(
 ) -> None:
     """PNG: ``num_samples`` originals (top row) over their reconstructions (bottom row)."""
     labels = labels[:num_samples]
-    kind = tok.config.preprocess
+    pre = tok.preprocessor  # its name is the label kind, which picks the colouring
     recon = tok.decode_labels(tok.encode_labels(labels))
-    shown = robust_standardize(labels) if kind == "depth" else labels  # same scale as recon
-    save_grid([labels_to_rgb(kind, shown), labels_to_rgb(kind, recon)], path)  # a local path or a URI
+    shown = pre.as_decoded(labels)  # on the scale decode_labels returns (standardised depth)
+    save_grid([labels_to_rgb(pre.name, shown), labels_to_rgb(pre.name, recon)], path)  # a local path or a URI

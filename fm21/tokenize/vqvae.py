@@ -9,16 +9,23 @@ stride-2 convs). Widths double toward the token grid and reach ``hidden_dim`` th
 (``hidden_dim / 2**(S-l)`` at level ``l``, at least 16), so most compute sits at the
 coarse levels; every level but the finest has ``num_layers`` residual blocks. The
 decoder mirrors it with stride-2 transposed convs and ends in a per-pixel linear head.
+
+The module is the ``vqvae`` tokenizer family (``fm21.tokenize.families``): ``FAMILY``,
+``Config``, ``build``, ``train`` and ``save_recon_png`` at the bottom.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Callable
+from typing import Any, Callable
 
+import numpy as np
 import torch
 from torch import nn
 
+from fm21.config import VQTokenizerConfig
+from fm21.modalities import ModalitySpec
+from fm21.tokenize.families import family_options
 from fm21.tokenize.image_tokenizer import ImageTokenizer, TokenizerConfig
 from fm21.tokenize.quantizer import LucidQuantizer
 
@@ -129,7 +136,7 @@ class PostMLP(nn.Module):
 
 
 class VQVAE(ImageTokenizer):
-    family = "vqvae"
+    family = "vqvae"  # FAMILY, below
 
     def __init__(self, config: TokenizerConfig) -> None:
         super().__init__(config)
@@ -174,15 +181,39 @@ class VQVAE(ImageTokenizer):
         return self.decoder(self.from_latent(self.quantizer.lookup(ids)))
 
 
-TOKENIZER_FAMILIES: dict[str, type[ImageTokenizer]] = {"vqvae": VQVAE}
+# ------------------------------------------------------------------ family contract
+# (fm21.tokenize.families): what the tokenizers stage and the checkpoint loader call.
+FAMILY = "vqvae"
+Config = TokenizerConfig  # frozen; from_spec(spec, options) / to_dict() / from_dict(d)
+
+
+def build(config: TokenizerConfig) -> VQVAE:
+    """A randomly initialised conv VQ-VAE of ``config`` (the checkpoint loader then loads
+    the weights)."""
+    if config.family != FAMILY:
+        raise ValueError(f"{config.modality}: config of family {config.family!r} given to {FAMILY!r}")
+    return VQVAE(config)
+
+
+def train(spec: ModalitySpec, options: dict[str, Any], train_labels: np.ndarray, val_labels: np.ndarray, *,
+          seed: int) -> tuple[VQVAE, dict[str, Any]]:
+    """Train ``spec``'s tokenizer on label maps; metrics (codebook, recon loss, the label
+    kind's own) on ``val_labels``. ``options``: the recipe entry (VQTokenizerConfig keys)."""
+    from fm21.tokenize.train_vq import train_vq_tokenizer  # train_vq imports this module
+
+    return train_vq_tokenizer(spec, VQTokenizerConfig.model_validate(family_options(options)),
+                              train_labels, val_labels, seed=seed)
+
+
+def save_recon_png(tokenizer: ImageTokenizer, val_labels: np.ndarray, path) -> None:
+    """Originals (top row) over their reconstructions (bottom row), coloured by label kind."""
+    from fm21.tokenize.train_vq import save_recon_grid
+
+    save_recon_grid(tokenizer, val_labels, path)
 
 
 def build_tokenizer(config: TokenizerConfig) -> ImageTokenizer:
-    try:
-        family = TOKENIZER_FAMILIES[config.family]
-    except KeyError:
-        known = ", ".join(TOKENIZER_FAMILIES)
-        raise ValueError(
-            f"tokenizer family {config.family!r} is not built yet; have {known}"
-        ) from None
-    return family(config)
+    """Any family's tokenizer from its config, through the family table."""
+    from fm21.tokenize.families import family_module
+
+    return family_module(config.family).build(config)

@@ -94,7 +94,7 @@ def test_score_task_picks_the_strongest_baseline_and_judges_against_it():
         "majority class": np.ones_like(sem),
     }
     predictions["4m"][:, :, :2] = 0  # slightly wrong: gap closed just under 100 %
-    res = score_task("semseg", predictions, sem, objects, baselines=["per-pixel majority class", "majority class"],
+    res = score_task("classes", predictions, sem, objects, baselines=["per-pixel majority class", "majority class"],
                      num_classes=4, classes=object_classes(sem, objects))
     assert res["strongest_baseline"]["all"] == "per-pixel majority class"
     assert 0.5 < res["gap_closed"]["all"] < 1.0

@@ -122,16 +122,16 @@ def test_semseg_perfect_and_pixel_accuracy():
 
 
 # ------------------------------------------------------------------------------ dispatch
-def test_task_metrics_dispatches_by_task():
+def test_task_metrics_dispatches_by_label_kind():
     depth = _depth()
     assert task_metrics("depth", 2 * depth, depth) == depth_metrics(2 * depth, depth)
     n = _unit()
     assert task_metrics("normal", n, n) == normal_metrics(n, n)
     seg = np.array([[0, 1, 2, 2]])
-    assert task_metrics("semseg", seg, seg, num_classes=3) == semseg_metrics(seg, seg, num_classes=3)
+    assert task_metrics("classes", seg, seg, num_classes=3) == semseg_metrics(seg, seg, num_classes=3)
 
 
-def test_task_metrics_unknown_task_raises():
+def test_task_metrics_unknown_label_kind_raises():
     with pytest.raises(KeyError, match="edges"):
         task_metrics("edges", np.zeros(1), np.zeros(1))
 
@@ -139,6 +139,6 @@ def test_task_metrics_unknown_task_raises():
 def test_headline_metrics_exist_for_every_task():
     depth, n, seg = _depth(), _unit(), np.array([[0, 1]])
     outputs = {"depth": task_metrics("depth", depth, depth), "normal": task_metrics("normal", n, n),
-               "semseg": task_metrics("semseg", seg, seg, num_classes=2)}
-    for task, (metric, direction) in HEADLINE.items():
-        assert metric in outputs[task] and direction in (-1, 1)
+               "classes": task_metrics("classes", seg, seg, num_classes=2)}
+    for kind, (metric, direction) in HEADLINE.items():
+        assert metric in outputs[kind] and direction in (-1, 1)

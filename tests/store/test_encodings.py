@@ -105,8 +105,10 @@ def test_bad_maps_are_clear_errors():
 def test_tokenizer_preprocessing_gets_the_same_arrays():
     """A consumer reading the decoded maps sees the shapes and dtypes it saw before."""
     from fm21.tokenize.crops import Crop, apply_crop
+    from fm21.modalities import MODALITIES
     from fm21.tokenize.preprocess import PREPROCESSORS
 
+    label_kinds = {s.label_columns[0]: s.label_kind for s in MODALITIES.values()}  # column -> label kind
     fields, maps = _fields(), _maps()
     full = Crop(0, 0, S, S, False)
     for name in ("rgb", "depth", "normal", "semseg", "canny_edge"):
@@ -114,8 +116,9 @@ def test_tokenizer_preprocessing_gets_the_same_arrays():
         before = np.stack(maps[name]).reshape((4, *meta["shape"]))  # the fixed-size-list reader's output
         after = store.column_to_python(store.encode_column(maps[name], fields[name]), fields[name])
         assert after.shape == before.shape and after.dtype == before.dtype, name
-        crops = [np.stack([apply_crop(m, full, kind=name, out_size=16) for m in x]) for x in (before, after)]
-        x_before, x_after = (PREPROCESSORS[name].to_model(c) for c in crops)
+        kind = label_kinds[name]
+        crops = [np.stack([apply_crop(m, full, kind=kind, out_size=16) for m in x]) for x in (before, after)]
+        x_before, x_after = (PREPROCESSORS[kind].to_model(c) for c in crops)
         assert x_before.shape == x_after.shape and x_before.dtype == x_after.dtype
         tol = 1e-6 if name != "normal" else 2 / 254  # renormalised after the resize
         assert float((x_before.float() - x_after.float()).abs().max()) <= tol, name

@@ -61,16 +61,16 @@ def test_apply_crop_semseg_is_nearest_resized_and_flipped():
     classes = np.array([3, 7, 200], np.uint8)
     label = classes[rng.integers(0, 3, (64, 64))]  # (S, S) categorical map
     crop = Crop(5, 9, 37, 45, False)
-    out = apply_crop(label, crop, kind="semseg", out_size=16)
+    out = apply_crop(label, crop, kind="classes", out_size=16)
     assert out.shape == (16, 16) and out.dtype == np.uint8
     assert set(np.unique(out)) <= {3, 7, 200}  # no blended class ids (area/linear would make some)
-    flipped = apply_crop(label, Crop(5, 9, 37, 45, True), kind="semseg", out_size=16)
+    flipped = apply_crop(label, Crop(5, 9, 37, 45, True), kind="classes", out_size=16)
     np.testing.assert_array_equal(flipped, out[:, ::-1])
 
 
 def test_apply_crop_semseg_upsamples_by_repetition():
     label = np.array([[1, 2], [3, 4]], np.uint8)
-    out = apply_crop(label, Crop(0, 0, 2, 2, False), kind="semseg", out_size=4)
+    out = apply_crop(label, Crop(0, 0, 2, 2, False), kind="classes", out_size=4)
     expected = np.array([[1, 1, 2, 2], [1, 1, 2, 2], [3, 3, 4, 4], [3, 3, 4, 4]], np.uint8)
     np.testing.assert_array_equal(out, expected)
 
@@ -150,3 +150,9 @@ def test_is_val_key_is_deterministic_and_near_the_fraction():
     assert all(w for v, w in zip(val, wider) if v)  # a larger fraction keeps every val key
     assert not any(is_val_key(k, 0.0) for k in keys[:100])
     assert all(is_val_key(k, 1.0) for k in keys[:100])
+
+
+def test_apply_crop_refuses_a_kind_that_is_not_a_map_label_kind():
+    """A column name (the old key) or a non-map kind would be silently interpolated."""
+    with pytest.raises(ValueError, match="not a label kind of maps"):
+        apply_crop(np.zeros((8, 8), np.uint8), Crop(0, 0, 8, 8, False), kind="semseg", out_size=4)

@@ -61,7 +61,8 @@ class ToyFeatures(FeatureMapSpecialist):
 
 
 SPEC = ModalitySpec(name="tok_toy", kind="feature_tokens", specialist="toy_features", label_columns=("toy_feat",),
-                    tokenizer="vqvae", vocab_size=16, resolution=SIZE, patch_size=PATCH, num_channels=CHANNELS)
+                    label_kind="feature", tokenizer="vqvae", vocab_size=16, resolution=SIZE, patch_size=PATCH,
+                    num_channels=CHANNELS)
 
 
 def test_feature_maps_config_is_validated(tmp_path):
@@ -141,7 +142,8 @@ def tokenizer_dir(stores):
     """A feature tokenizer (patch 1 on the 4x4 feature grid) trained on the stored sample."""
     root, uris = stores
     keys = stored_keys(uris["sample"], "toy_feat", 64, seed=0)
-    maps = training_maps(uris["sample"], "toy_feat", keys, out_size=SPEC.label_size, feature=True)
+    maps = training_maps(uris["sample"], "toy_feat", keys, out_size=SPEC.label_size, label_kind="feature",
+                         feature=True)
     assert maps.shape == (len(keys), 4, 4, CHANNELS) and maps.dtype == np.float16
     tok, metrics = train_vq_tokenizer(SPEC, VQTokenizerConfig(hidden_dim=16, num_layers=1, steps=10, batch_size=8),
                                       maps[4:], maps[:4], seed=0)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
@@ -25,7 +26,7 @@ def _random_tok(name: str = "tok_normal"):
 @pytest.mark.parametrize("name", ["tok_normal", "tok_semseg"])
 def test_random_init_round_trip_bit_identical(name, tmp_path, scenes32) -> None:
     tok = _random_tok(name).eval()
-    labels = scenes32[tok.config.preprocess][:8]
+    labels = scenes32[MODALITIES[name].label_columns[0]][:8]
     fp = save_tokenizer(tok, tmp_path / "tokenizers" / name, metrics={"recon_loss": 1.0})
     # by path, and by bare modality name under a root
     by_path = load_tokenizer(tmp_path / "tokenizers" / name)
@@ -40,6 +41,19 @@ def test_random_init_round_trip_bit_identical(name, tmp_path, scenes32) -> None:
         assert np.array_equal(loaded.decode_labels(ids), tok.decode_labels(ids))
     # saving the loaded tokenizer again gives the same fingerprint
     assert save_tokenizer(by_path, tmp_path / "again") == fp
+
+
+def test_checkpoint_of_a_label_column_preprocess_loads_unchanged(tmp_path, scenes32) -> None:
+    """Checkpoints written before label kinds (``preprocess: semseg``) load with their
+    recorded fingerprint: the value is kept and resolved to the ``classes`` preprocessor."""
+    tok = _random_tok("tok_semseg").eval()
+    old = build_tokenizer(dataclasses.replace(tok.config, preprocess="semseg"))
+    old.load_state_dict(tok.state_dict())
+    fp = save_tokenizer(old, tmp_path / "old")
+    loaded = load_tokenizer(tmp_path / "old")
+    assert loaded.fingerprint == fp and loaded.config.preprocess == "semseg" and loaded.config.family == "vqvae"
+    labels = scenes32["semseg"][:4]
+    assert np.array_equal(loaded.encode_labels(labels), tok.encode_labels(labels))
 
 
 def test_config_json_describes_the_tokenizer(tmp_path, scenes32) -> None:

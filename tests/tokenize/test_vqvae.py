@@ -1,5 +1,6 @@
 """VQ-VAE tokenizers and preprocessors, generated from the registry: every image-token
-modality whose label kind has a preprocessor is built, encoded and decoded at 32 px."""
+modality whose label kind has a preprocessor is built, encoded and decoded at 32 px.
+Scenes are keyed by label column, preprocessors by label kind."""
 
 from __future__ import annotations
 
@@ -12,14 +13,15 @@ import torch
 from fm21.config import VQTokenizerConfig
 from fm21.modalities import MODALITIES, ModalitySpec
 from fm21.tokenize.image_tokenizer import TokenizerConfig
-from fm21.tokenize.preprocess import PREPROCESSORS, robust_standardize
-from fm21.tokenize.vqvae import TOKENIZER_FAMILIES, VQVAE, build_tokenizer
+from fm21.tokenize.families import family_module
+from fm21.tokenize.preprocess import PREPROCESSORS, preprocessor_for, robust_standardize
+from fm21.tokenize.vqvae import VQVAE, build_tokenizer
 
 TINY = VQTokenizerConfig(hidden_dim=32, num_layers=1, steps=10, batch_size=8)
 
 IMAGE_TOKEN_SPECS = [
     s for s in MODALITIES.values()
-    if s.kind == "image_tokens" and s.label_columns[0] in PREPROCESSORS
+    if s.kind == "image_tokens" and s.label_kind in PREPROCESSORS
 ]
 
 # label kind -> (decoded dtype, per-sample decoded shape at 32 px)
@@ -27,9 +29,8 @@ DECODED = {
     "rgb": (np.uint8, (32, 32, 3)),
     "depth": (np.float32, (32, 32)),
     "normal": (np.float32, (32, 32, 3)),
-    "semseg": (np.uint8, (32, 32)),
-    "canny_edge": (np.uint8, (32, 32)),
-    "sam_edge": (np.uint8, (32, 32)),
+    "classes": (np.uint8, (32, 32)),
+    "edges": (np.uint8, (32, 32)),
 }
 
 
@@ -42,9 +43,17 @@ def test_registry_tokenizers_are_covered() -> None:
     dense = {"tok_rgb", "tok_depth", "tok_normal", "tok_semseg", "tok_canny_edge", "tok_sam_edge"}
     assert dense <= names
     assert set(DECODED) == set(PREPROCESSORS) - {"feature"}  # feature maps: test below
-    assert TOKENIZER_FAMILIES["vqvae"] is VQVAE
-    with pytest.raises(ValueError, match="not built"):
-        build_tokenizer(dataclasses.replace(_tiny(IMAGE_TOKEN_SPECS[0]), family="divae"))
+    assert isinstance(family_module("vqvae").build(_tiny(IMAGE_TOKEN_SPECS[0])), VQVAE)
+    with pytest.raises(ValueError, match="family 'nope'"):
+        build_tokenizer(dataclasses.replace(_tiny(IMAGE_TOKEN_SPECS[0]), family="nope"))
+
+
+def test_legacy_preprocess_names_resolve_to_label_kinds() -> None:
+    """Checkpoints written before label kinds name the label column they read."""
+    assert preprocessor_for("semseg") is PREPROCESSORS["classes"]
+    assert preprocessor_for("canny_edge") is preprocessor_for("sam_edge") is PREPROCESSORS["edges"]
+    with pytest.raises(KeyError, match="no preprocessor"):
+        preprocessor_for("clip")
 
 
 @pytest.mark.parametrize("spec", [s for s in MODALITIES.values() if s.kind == "feature_tokens"],
@@ -67,7 +76,7 @@ def test_encode_decode_shapes(spec: ModalitySpec, scenes32: dict[str, np.ndarray
     torch.manual_seed(0)
     cfg = _tiny(spec)
     tok = build_tokenizer(cfg).eval()
-    labels = scenes32[cfg.preprocess][:3]
+    labels = scenes32[spec.label_columns[0]][:3]
     ids = tok.encode_labels(labels)
     assert ids.dtype == np.int16 and ids.shape == (3, 16)
     assert ids.min() >= 0 and ids.max() < 64
@@ -98,18 +107,18 @@ def test_preprocessors_round_trip(scenes32: dict[str, np.ndarray]) -> None:
     assert torch.allclose(flipped[:, 1:], n[:, 1:].flip(-1))
 
     edges = scenes32["canny_edge"][:4]
-    e = PREPROCESSORS["canny_edge"].to_model(edges)
+    e = PREPROCESSORS["edges"].to_model(edges)
     assert set(np.unique(e.numpy())) <= {-1.0, 1.0}
     logits = e * 5.0  # confident logits of the same map
-    assert np.array_equal(PREPROCESSORS["canny_edge"].from_model(logits), edges)
-    soft = PREPROCESSORS["canny_edge"].soft(logits)
+    assert np.array_equal(PREPROCESSORS["edges"].from_model(logits), edges)
+    soft = PREPROCESSORS["edges"].soft(logits)
     assert soft.dtype == np.float32 and 0 <= soft.min() and soft.max() <= 1
 
     seg = scenes32["semseg"][:4]
-    s = PREPROCESSORS["semseg"].to_model(seg)
+    s = PREPROCESSORS["classes"].to_model(seg)
     assert s.dtype == torch.int64
     onehot = torch.nn.functional.one_hot(s, 134).permute(0, 3, 1, 2).float()
-    assert np.array_equal(PREPROCESSORS["semseg"].from_model(onehot), seg)
+    assert np.array_equal(PREPROCESSORS["classes"].from_model(onehot), seg)
 
 
 def test_depth_robust_standardisation(scenes32: dict[str, np.ndarray]) -> None:
@@ -132,9 +141,9 @@ def test_metrics_perfect_reconstruction(scenes32: dict[str, np.ndarray]) -> None
     n = scenes32["normal"].astype(np.float32)
     assert PREPROCESSORS["normal"].metrics(n, n)["mean_angle_deg"] < 0.1
     seg = scenes32["semseg"]
-    assert PREPROCESSORS["semseg"].metrics(seg, seg) == {"pixel_accuracy": 1.0, "miou": 1.0}
+    assert PREPROCESSORS["classes"].metrics(seg, seg) == {"pixel_accuracy": 1.0, "miou": 1.0}
     edges = scenes32["canny_edge"]
-    assert PREPROCESSORS["canny_edge"].metrics(edges, edges)["f1"] == 1.0
+    assert PREPROCESSORS["edges"].metrics(edges, edges)["f1"] == 1.0
     d = scenes32["depth"].astype(np.float32)
     m = PREPROCESSORS["depth"].metrics(robust_standardize(d), d)
     assert m["mse_standardized"] < 1e-8 and m["abs_rel_aligned"] < 1e-3
@@ -145,9 +154,9 @@ def test_edge_f1_with_one_pixel_tolerance() -> None:
     true[0, 8, 2:14] = 255  # a horizontal 1-px line
     shifted = np.roll(true, 1, axis=1)  # the same edge one pixel lower
     far = np.roll(true, 3, axis=1)
-    m = PREPROCESSORS["sam_edge"].metrics(shifted, true)
+    m = PREPROCESSORS["edges"].metrics(shifted, true)
     assert m["f1"] == 0.0 and m["f1_tol1"] == 1.0
-    assert PREPROCESSORS["sam_edge"].metrics(far, true)["f1_tol1"] == 0.0
+    assert PREPROCESSORS["edges"].metrics(far, true)["f1_tol1"] == 0.0
     thick = true | np.roll(true, 1, axis=1) | np.roll(true, -1, axis=1)  # 3 px wide
-    m = PREPROCESSORS["sam_edge"].metrics(thick, true)
+    m = PREPROCESSORS["edges"].metrics(thick, true)
     assert m["recall_tol1"] == 1.0 and m["precision"] == pytest.approx(1 / 3)
