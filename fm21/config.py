@@ -231,6 +231,18 @@ class TrainConfig(Strict):
     num_workers: int = 0
     seed: int = 0
 
+    @field_validator("loss_weights")
+    @classmethod
+    def _target_modalities(cls, value: dict[str, float]) -> dict[str, float]:
+        """Weights name target modalities of the registry (a recipe may weight one its run
+        does not enable: that weight is unused); a misspelt name is an error."""
+        from fm21.modalities import MODALITIES  # the registry literal, import-light
+
+        bad = sorted(n for n in value if n not in MODALITIES or not MODALITIES[n].can_be_target)
+        if bad:
+            raise ValueError(f"not target modalities of the registry: {bad}")
+        return value
+
 
 # ------------------------------------------------------------------------------ evaluate
 class EvaluateConfig(Strict):

@@ -118,9 +118,6 @@ def run_train(cfg: TrainConfig, ctx) -> dict:
     uri = ctx.workdir.tokens_uri
     specs = ctx.specs
     check_compatible(uri, specs)
-    unknown = sorted(set(cfg.loss_weights) - {n for n, s in specs.items() if s.can_be_target})
-    if unknown:
-        raise ValueError(f"train.loss_weights names {unknown}, which are not target modalities of this run")
     store_meta = read_store_metadata(uri)
     torch.manual_seed(cfg.seed)
     model = FourM(specs, cfg.model, num_input_tokens=cfg.num_input_tokens, num_target_tokens=cfg.num_target_tokens)

@@ -126,3 +126,11 @@ def test_weighted_loss_with_unit_weights_is_the_model_loss_and_weights_scale_one
     name = next(iter(per_mod))
     heavier = weighted_loss(per_mod, {name: 3.0})
     assert torch.allclose(heavier - loss, 2.0 * per_mod[name] / len(per_mod))
+
+
+def test_loss_weights_must_name_target_modalities():
+    TrainConfig(loss_weights={"tok_semseg": 5.0, "tok_clip": 2.0})  # tok_clip: a target, enabled or not
+    with pytest.raises(ValueError, match="tok_semsg"):
+        TrainConfig(loss_weights={"tok_semsg": 5.0})
+    with pytest.raises(ValueError, match="rgb"):
+        TrainConfig(loss_weights={"rgb": 1.0})  # input only
