@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -168,8 +169,10 @@ def main() -> None:
         "divae_patch1": divae.build(divae.DiVAEConfig.from_spec(spec, {"decoder_patch": 1})),
     }
     result = {"device": args.device, "threads": args.threads, "batch_size": args.batch_size, "steps": args.steps,
-              "train_samples": args.train_samples, "val_samples": args.val_samples,
-              "speed": {n: speed(m, x, args.device, repeats=args.repeats) for n, m in models.items()}}
+              "train_samples": args.train_samples, "val_samples": args.val_samples, "speed": {}}
+    for name, model in models.items():  # progress on stderr: a starved run still shows its figures
+        result["speed"][name] = speed(model, x, args.device, repeats=args.repeats)
+        print(name, json.dumps(result["speed"][name]), file=sys.stderr, flush=True)
     result["quality"] = quality(spec, train, val, args)
     print_table(result)
     print(json.dumps(result))
