@@ -61,7 +61,7 @@ class DiVAEConfig:
 
     family: str
     modality: str
-    preprocess: str  # key of PREPROCESSORS (the label column it reads)
+    preprocess: str  # key of PREPROCESSORS (the spec's label kind)
     resolution: int
     patch_size: int
     vocab_size: int
@@ -93,7 +93,7 @@ class DiVAEConfig:
         """Config of ``spec`` (an image_tokens spec of a continuous label kind) with the
         model keys of ``options``; unknown keys raise ValueError naming the key."""
         model_opts, _ = split_options(options)
-        preprocess = spec.label_columns[0] if spec.label_columns else None
+        preprocess = spec.label_kind
         prep = PREPROCESSORS.get(preprocess)
         if spec.kind != "image_tokens" or prep is None or prep.categorical or prep.channels == 0:
             raise ValueError(f"{spec.name}: DiVAE needs an image_tokens spec of a continuous label kind, "
