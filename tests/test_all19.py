@@ -119,7 +119,7 @@ def test_global_tokens_from_the_stored_vector_and_the_crop(build):
                                crop_window(size, key=r["key"], index=1, seed=cfg.tokens.seed,
                                            min_scale=cfg.tokens.min_crop_scale), kind="rgb", out_size=spec.resolution)
                     for r in crop1])
-    vectors = specialist["dinov2"].features(rgb)["dinov2_global"]  # (B, C) of each crop window
+    vectors = specialist["dinov2"].run(rgb, ("dinov2_global",))["dinov2_global"]  # (B, C) of each crop window
     assert np.array_equal(tok.encode_labels(vectors), np.array([r[spec.name] for r in crop1]))
     assert not np.array_equal(vectors, stored)  # crop 1 is not the stored full-image embedding
 

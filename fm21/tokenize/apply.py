@@ -214,10 +214,9 @@ class TokenizeActor:
             raise ValueError(f"{spec.name}: crop {index} needs {column!r} of the crop, and specialist "
                              f"{spec.specialist!r} is not a feature specialist the tokens job can run")
         rgb = np.stack([apply_crop(m, c, kind="rgb", out_size=spec.resolution) for m, c in zip(batch["rgb"], crops)])
-        computed = specialist.features(rgb)
-        if column not in computed:
+        if column not in getattr(specialist, "global_columns", ()):  # a FeatureNetwork's (B, C) outputs
             raise ValueError(f"{spec.name}: specialist {spec.specialist!r} does not compute {column!r} from pixels")
-        return np.asarray(computed[column])
+        return np.asarray(specialist.run(rgb, (column,))[column])  # (B, C) in the stored dtype
 
     def _encoder(self, name: str, spec: ModalitySpec):
         """The embedded tokenizer's label-space encoder, ``(n, ...) -> (n, num_tokens)`` int64 ids."""
