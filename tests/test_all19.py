@@ -91,7 +91,7 @@ def test_each_trained_tokenizer_records_its_family(build):
     cfg, wd, manifests, _, _ = build
     counts = manifests["tokenizers"]["counts"]
     trained = [n for n, s in cfg.specs().items() if trains_tokenizer(s)]
-    assert sorted(counts["trained"]) == sorted([*trained, "text"]) and not counts["skipped"]
+    assert sorted([*counts["trained"], *counts["reused"]]) == sorted([*trained, "text"]) and not counts["skipped"]
     for name in trained:
         family = family_of(cfg.specs()[name], recipe_options(cfg.tokenizers.image.get(name)))
         config = read_tokenizer_config(wd.tokenizers_dir / name)
@@ -102,6 +102,7 @@ def test_each_trained_tokenizer_records_its_family(build):
 def test_global_tokens_from_the_stored_vector_and_the_crop(build):
     """Crop 0 encodes the stored embedding; crop 1 the feature network's on the crop window."""
     from fm21.stages import RunContext
+    from fm21.store.labels import read_maps
     from fm21.tokenize.apply import _load_feature_specialists, feature_specialists
     from fm21.tokenize.crops import apply_crop, crop_window
 
@@ -115,10 +116,11 @@ def test_global_tokens_from_the_stored_vector_and_the_crop(build):
     specialist = _load_feature_specialists(feature_specialists({spec.name: spec}, RunContext.from_config(cfg)))
     crop1 = [r for r in rows if r["crop"] == 1]
     size = cfg.ingest.image_size
-    rgb = np.stack([apply_crop(np.asarray(labels[r["key"]]["rgb"], np.uint8).reshape(size, size, 3),
-                               crop_window(size, key=r["key"], index=1, seed=cfg.tokens.seed,
-                                           min_scale=cfg.tokens.min_crop_scale), kind="rgb", out_size=spec.resolution)
-                    for r in crop1])
+    images = read_maps(wd.labels_uri, ["rgb"], keys=[r["key"] for r in crop1])  # (B, S, S, 3) decoded
+    image = dict(zip(images["key"], images["rgb"]))
+    rgb = np.stack([apply_crop(image[r["key"]], crop_window(size, key=r["key"], index=1, seed=cfg.tokens.seed,
+                                                           min_scale=cfg.tokens.min_crop_scale),
+                               kind="rgb", out_size=spec.resolution) for r in crop1])
     vectors = specialist["dinov2"].run(rgb, ("dinov2_global",))["dinov2_global"]  # (B, C) of each crop window
     assert np.array_equal(tok.encode_labels(vectors), np.array([r[spec.name] for r in crop1]))
     assert not np.array_equal(vectors, stored)  # crop 1 is not the stored full-image embedding
