@@ -80,8 +80,8 @@ class TokenizeActor:
         self.schema = schema
         root = fs.as_location(tokenizers_dir)  # a local path or a URI (s3:// workdir)
         # every family's tokenizer of these modalities; an embedded one the stage had no data for is absent
-        self.tokenizers = {n: load_tokenizer(root / n) for n, s in self.specs.items()
-                           if trains_tokenizer(s) and (s.embedded_tokenizer is None or (root / n / "config.json").exists())}
+        self.tokenizers = {n: load_tokenizer(root / n) for n, s in self.specs.items() if trains_tokenizer(s)
+                           and (s.embedded_tokenizer is None or (root / n / "config.json").exists())}
         has_text = any(s.kind == "sequence" for s in self.specs.values())
         self.text = TextTokenizer.load(root / TEXT_DIR) if has_text else None
         self.labels_uri, self.uri = labels_uri, uri
