@@ -6,6 +6,7 @@ train the stage starts no task."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -39,6 +40,16 @@ def _labels(uri: Path, num: int = 6) -> None:
     lance.write_dataset(table, str(uri))
 
 
+@pytest.fixture(autouse=True)
+def _grad_mode():
+    """TokenizeActor turns autograd off for its (actor) process; restore it for the next tests."""
+    import torch
+
+    enabled = torch.is_grad_enabled()
+    yield
+    torch.set_grad_enabled(enabled)
+
+
 @pytest.fixture()
 def ctx(tmp_path):
     cfg = load_config(ROOT / "flows.yaml", recipe=ROOT / "configs" / "all19.yaml",
@@ -65,7 +76,7 @@ def test_no_person_and_no_instance_train_nothing_and_serialise_none(ctx):
     fps = _fingerprints(root, specs)
     assert fps["human_poses"].endswith("+none") and fps["sam_instance"].endswith("+none")
     schema = tokens_schema(specs, tokenizers=fps, labels_fp="")
-    actor = TokenizeActor({n: s.__dict__ for n, s in specs.items()}, str(root), cfg.tokens.model_dump(), schema)
+    actor = TokenizeActor({n: dataclasses.asdict(s) for n, s in specs.items()}, str(root), cfg.tokens.model_dump(), schema)
     table = lance.dataset(str(context.workdir.labels_uri)).to_table()
     tokens = actor(table)
     assert tokens.num_rows == 6 * cfg.tokens.num_crops
