@@ -13,7 +13,8 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_serializer
+from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from fm21.modalities import MODALITIES, ModalitySpec, resolve_specs
 
@@ -131,7 +132,26 @@ class PseudolabelConfig(Strict):
 
 
 # ------------------------------------------------------------------------------ tokenizers
+# ``tokenizers.image.<modality>``: the options of every tokenizer trained for one modality
+# (the image-like ones, and the pose / mask tokenizers embedded in the human_poses and
+# sam_instance sequences). Each entry is typed by its tokenizer family: ``family`` when the
+# recipe sets it, else the registry's (``fm21.tokenize.families.family_of``). So an unknown
+# key is an error naming its path at config load, without importing the family's module
+# (torch). The family's own ``from_spec`` checks values against the spec (e.g. Memcodes
+# heads dividing the latent) when the tokenizers stage starts, before any work.
+
+
+def _known_family(value: str | None) -> str | None:
+    from fm21.tokenize.families import TOKENIZER_FAMILIES  # a table of names, import-light
+
+    if value is not None and value not in TOKENIZER_FAMILIES:
+        raise ValueError(f"unknown tokenizer family {value!r}; known families: {', '.join(TOKENIZER_FAMILIES)}")
+    return value
+
+
 class VQTokenizerConfig(Strict):
+    """``family: vqvae`` (the conv VQ-VAE of ``fm21.tokenize.vqvae``): every key has its value here."""
+
     # The tokenizer family of this modality; None: the registry's (ModalitySpec.tokenizer).
     family: str | None = None
     hidden_dim: int = 64
@@ -144,14 +164,91 @@ class VQTokenizerConfig(Strict):
     ema_decay: float = 0.99
     dead_code_coef: float = 32.0
 
-    @field_validator("family")
-    @classmethod
-    def _known_family(cls, value: str | None) -> str | None:
-        from fm21.tokenize.families import TOKENIZER_FAMILIES  # a table of names, import-light
+    _family = field_validator("family")(_known_family)
 
-        if value is not None and value not in TOKENIZER_FAMILIES:
-            raise ValueError(f"unknown tokenizer family {value!r}; known families: {', '.join(TOKENIZER_FAMILIES)}")
-        return value
+
+class FamilyOptions(Strict):
+    """Options of a family whose defaults live in its module's config: a key left out takes
+    that default, so the dump (``fm21 config show``) lists only what the recipe set."""
+
+    family: str | None = None
+
+    _family = field_validator("family")(_known_family)
+
+    @model_serializer(mode="wrap")
+    def _only_set(self, handler):
+        return {k: v for k, v in handler(self).items() if k in self.model_fields_set}
+
+
+class MemcodesOptions(FamilyOptions):
+    """``family: memcodes`` (``fm21.tokenize.memcodes.MemcodesConfig``): global embeddings and
+    the human_poses body-pose tokenizer. ``vocab_size``/``num_tokens`` only for the pose
+    tokenizer (a global spec takes them from the registry)."""
+
+    hidden_dim: int | None = None
+    num_blocks: int | None = None
+    expansion: int | None = None
+    latent_dim: int | None = None
+    temperature: float | None = None
+    steps: int | None = None
+    batch_size: int | None = None
+    lr: float | None = None
+    weight_decay: float | None = None
+    vocab_size: int | None = None
+    num_tokens: int | None = None
+
+
+class SamMaskOptions(FamilyOptions):
+    """``family: sam_mask`` (``fm21.tokenize.sam_mask.SamMaskConfig``): the sam_instance mask tokenizer."""
+
+    mask_size: int | None = None
+    patch_size: int | None = None
+    vocab_size: int | None = None
+    latent_dim: int | None = None
+    hidden_dim: int | None = None
+    num_layers: int | None = None
+    ema_decay: float | None = None
+    commitment_weight: float | None = None
+    dead_code_coef: float | None = None
+    steps: int | None = None
+    batch_size: int | None = None
+    lr: float | None = None
+
+
+class UntypedOptions(FamilyOptions):
+    """A family with no options model here (a module merged after this file): any key,
+    checked by the family's ``from_spec`` when the tokenizers stage starts."""
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+
+    @model_serializer(mode="wrap")
+    def _only_set(self, handler):
+        return {k: v for k, v in handler(self).items() if k in self.model_fields_set or k in (self.model_extra or {})}
+
+
+# family -> the model of its recipe options (families not listed: UntypedOptions)
+OPTION_MODELS: dict[str, type[Strict]] = {
+    "vqvae": VQTokenizerConfig,
+    "memcodes": MemcodesOptions,
+    "sam_mask": SamMaskOptions,
+}
+TokenizerOptions = VQTokenizerConfig | MemcodesOptions | SamMaskOptions | UntypedOptions
+
+
+def _typed_options(name: str, entry: Any) -> BaseModel:
+    """One ``tokenizers.image`` entry as the options model of its effective family."""
+    from fm21.tokenize.families import family_of, trains_tokenizer
+
+    if name not in MODALITIES:
+        raise ValueError(f"unknown modality {name!r}; known: {list(MODALITIES)}")
+    spec = MODALITIES[name]
+    if not trains_tokenizer(spec):
+        raise ValueError(f"{name} has no tokenizer of its own to configure (kind {spec.kind}; sequences share "
+                         "tokenizers.text)")
+    if isinstance(entry, BaseModel):
+        return entry
+    family = _known_family(family_of(spec, entry if isinstance(entry, dict) else None))
+    return OPTION_MODELS.get(family, UntypedOptions).model_validate(entry)
 
 
 class TextTokenizerConfig(Strict):
@@ -161,11 +258,31 @@ class TextTokenizerConfig(Strict):
 
 class TokenizersConfig(Strict):
     train_samples: int = 512  # rows of labels.lance sampled for training
-    image: dict[str, VQTokenizerConfig] = Field(default_factory=dict)  # per modality
+    # per modality, typed by its tokenizer family (see above)
+    image: dict[str, TokenizerOptions] = Field(default_factory=dict)
     text: TextTokenizerConfig = TextTokenizerConfig()
     num_cpus: float = 1.0  # per tokenizer training task (its torch threads: int(num_cpus))
     num_gpus: float = 0.0
     seed: int = 0
+
+    @field_validator("image", mode="before")
+    @classmethod
+    def _by_family(cls, entries: Any) -> Any:
+        if not isinstance(entries, dict):
+            return entries  # pydantic reports the type error
+        out, errors = {}, []
+        for name, entry in entries.items():
+            try:
+                out[name] = _typed_options(name, entry)
+            except ValidationError as err:  # keep each key's path: image.<modality>.<key>
+                errors += [InitErrorDetails(type=e["type"], loc=(name, *e["loc"]), input=e["input"],
+                                            ctx=e.get("ctx", {})) for e in err.errors()]
+            except ValueError as err:
+                errors.append(InitErrorDetails(type=PydanticCustomError("value_error", str(err)), loc=(name,),
+                                               input=entry))
+        if errors:
+            raise ValidationError.from_exception_data("TokenizersConfig.image", errors)
+        return out
 
 
 # ------------------------------------------------------------------------------ tokens

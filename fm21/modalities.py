@@ -58,6 +58,10 @@ class ModalitySpec:
     # evaluated (rgb | depth | normal | classes | edges | feature | vector | text | boxes |
     # instances | poses | palette | metadata | embedding).
     label_kind: LabelKind | None = None
+    # Sequence serialisations that write the ids of a small tokenizer of their own (the
+    # body-pose Memcodes of human_poses, the instance-mask tokenizer of sam_instance): its
+    # family. The tokenizers stage trains it under tokenizers/<modality>/.
+    embedded_tokenizer: str | None = None
 
     # ---------------------------------------------------------------- derived values
     @property
@@ -214,10 +218,11 @@ MODALITIES: Mapping[str, ModalitySpec] = {
     ),
     "sam_instance": _seq(
         "sam_instance", specialist="sam", label_kind="instances", label_columns=("sam_instances",), max_seq_len=290,
+        embedded_tokenizer="sam_mask",
     ),
     "human_poses": _seq(
         "human_poses", specialist="human_pose", label_kind="poses", label_columns=("human_poses",),
-        max_seq_len=275,
+        max_seq_len=275, embedded_tokenizer="memcodes",
     ),
     "color_palette": _seq(
         "color_palette", specialist="color_palette", label_kind="palette", label_columns=("color_palette",),

@@ -126,7 +126,7 @@ def scan_token_store(uri: Path, *, batch_size: int = 4096) -> TokenScan:
     ds = lance.dataset(str(uri))
     meta = read_store_metadata(uri)
     specs = {name: stored_spec(d) for name, d in meta["specs"].items()}
-    tallies = {n: _ModalityTally(s) for n, s in specs.items() if s.kind != "pixels"}
+    tallies = {n: _ModalityTally(s) for n, s in specs.items() if s.kind not in ("pixels", "embedding")}
     rows = samples = 0
     splits: Counter[str] = Counter()
     crops = np.zeros(1, np.int64)
@@ -146,7 +146,7 @@ def scan_token_store(uri: Path, *, batch_size: int = 4096) -> TokenScan:
         if name in tallies:
             entry = tallies[name].entry(rows, meta["tokenizers"].get(name, ""))
             arrow = tallies[name].arrow_bytes
-        else:  # pixels: coverage only
+        else:  # pixels and embeddings (no codes): coverage only
             present = ds.count_rows(filter=f"{_quote(name)} IS NOT NULL")
             entry = {"kind": spec.kind, "coverage": present / rows if rows else 0.0,
                      "random_tokenizer": bool(meta["tokenizers"].get(name, "").startswith("random"))}

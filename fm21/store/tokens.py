@@ -3,6 +3,7 @@
 - image-like modalities: fixed-size int16 lists of N token ids (row-major grid)
 - rgb pixels (input only): fixed-size uint8 lists of R*R*3 values at model resolution
 - sequences: variable int32 lists of WordPiece ids, without EOS (added at masking)
+- embeddings (t5_caption, input only): variable lists of ``embedding_dim`` float16 vectors, as stored
 
 Schema metadata holds the resolved modality specs and the tokenizer fingerprints, so
 training can refuse a store made with other tokenizers or at another scale. It also
@@ -35,6 +36,8 @@ def modality_field(spec: ModalitySpec) -> pa.Field:
         return pa.field(spec.name, pa.list_(pa.uint8(), size), metadata={"shape": json.dumps([spec.resolution, spec.resolution, 3])})
     if spec.is_image_like:
         return pa.field(spec.name, pa.list_(pa.int16(), spec.num_tokens), metadata={"shape": json.dumps([spec.num_tokens])})
+    if spec.kind == "embedding":
+        return pa.field(spec.name, pa.list_(pa.list_(pa.float16(), spec.embedding_dim)))
     return pa.field(spec.name, pa.list_(pa.int32()))
 
 

@@ -22,7 +22,15 @@ Feature-map modalities (``feature_tokens``: CLIP, DINOv2, ImageBind) are tokeniz
 the stored feature map where labels.lance has one (crop 0: the features of the full
 image), and otherwise from features the actor computes itself on the rgb crop with the
 modality's feature specialist (``FeatureMapSpecialist``), as the reference's
-``save_vq_tokens.py`` (apple/ml-4m) does.
+``save_vq_tokens.py`` (apple/ml-4m) does. Global embeddings (``global_tokens``) likewise:
+crop 0 from the stored vector, other crops from the specialist's global column of the crop.
+
+Every tokenizer is loaded by its family (``fm21.tokenize.checkpoint.load_tokenizer``). A
+sequence whose serialisation embeds a tokenizer's ids (``human_poses``, ``sam_instance``)
+gets its ``encode_labels`` in the row (``fm21.tokenize.sequences.ENCODER_KEYS``); when the
+tokenizers stage trained none (labels.lance has no person / instance) a row needing ids
+fails naming the modality. Embeddings (``t5_caption``) are copied as stored: they do not
+depend on the crop.
 """
 
 from __future__ import annotations
@@ -46,7 +54,8 @@ from fm21.store import labels as store
 from fm21.store import tokens as token_store
 from fm21.store import units as unit_store
 from fm21.tokenize.crops import apply_crop, crop_window, is_val_key, key_hash
-from fm21.tokenize.sequences import serialize
+from fm21.tokenize.families import trains_tokenizer
+from fm21.tokenize.sequences import ENCODER_KEYS, serialize
 from fm21.tokenize.stage import TEXT_DIR, label_inputs
 
 PROP_ADDED = "fm21.added_modalities"  # on the Merge that adds columns
@@ -70,7 +79,9 @@ class TokenizeActor:
         self.cfg = TokensConfig.model_validate(cfg)
         self.schema = schema
         root = fs.as_location(tokenizers_dir)  # a local path or a URI (s3:// workdir)
-        self.image = {n: load_tokenizer(root / n) for n, s in self.specs.items() if s.is_image_like and s.kind != "pixels"}
+        # every family's tokenizer of these modalities; an embedded one the stage had no data for is absent
+        self.tokenizers = {n: load_tokenizer(root / n) for n, s in self.specs.items() if trains_tokenizer(s)
+                           and (s.embedded_tokenizer is None or (root / n / "config.json").exists())}
         has_text = any(s.kind == "sequence" for s in self.specs.values())
         self.text = TextTokenizer.load(root / TEXT_DIR) if has_text else None
         self.labels_uri, self.uri = labels_uri, uri
@@ -147,20 +158,25 @@ class TokenizeActor:
         column = spec.label_columns[0]
         if spec.kind == "feature_tokens":
             maps = self._feature_maps(spec, batch, crops, index=index)
-            return list(self.image[name].encode_labels(maps).astype(np.int16))  # (B, N)
+            return list(self.tokenizers[name].encode_labels(maps).astype(np.int16))  # (B, N)
         if spec.kind == "global_tokens":
             vectors = self._global_vectors(spec, batch, crops, index=index)
-            return list(self.image[name].encode_labels(vectors).astype(np.int16))  # (B, N)
+            return list(self.tokenizers[name].encode_labels(vectors).astype(np.int16))  # (B, N)
+        if spec.kind == "embedding":
+            return self._embeddings(spec, batch[column])
         if spec.is_image_like:
             maps = np.stack([  # resized and flipped as the label kind needs
                 apply_crop(m, c, kind=spec.label_kind, out_size=spec.resolution) for m, c in zip(batch[column], crops)
             ])
             if spec.kind == "pixels":
                 return list(maps.reshape(len(maps), -1))
-            return list(self.image[name].encode_labels(maps).astype(np.int16))  # (B, N)
+            return list(self.tokenizers[name].encode_labels(maps).astype(np.int16))  # (B, N)
         out = []
+        encoder = self._encoder(name, spec) if spec.embedded_tokenizer is not None else None
         for i, crop in enumerate(crops):
             row = {c: batch[c][i] for c in spec.label_columns}
+            if encoder is not None:
+                row[ENCODER_KEYS[spec.serialization]] = encoder
             rng = np.random.default_rng([self.cfg.seed, index, key_hash(batch["key"][i])])
             text = serialize(spec.serialization, row, crop, size=size, rng=rng)
             out.append(self._ids(text))
@@ -198,10 +214,28 @@ class TokenizeActor:
             raise ValueError(f"{spec.name}: crop {index} needs {column!r} of the crop, and specialist "
                              f"{spec.specialist!r} is not a feature specialist the tokens job can run")
         rgb = np.stack([apply_crop(m, c, kind="rgb", out_size=spec.resolution) for m, c in zip(batch["rgb"], crops)])
-        computed = specialist.features(rgb)
-        if column not in computed:
+        if column not in getattr(specialist, "global_columns", ()):  # a FeatureNetwork's (B, C) outputs
             raise ValueError(f"{spec.name}: specialist {spec.specialist!r} does not compute {column!r} from pixels")
-        return np.asarray(computed[column])
+        return np.asarray(specialist.run(rgb, (column,))[column])  # (B, C) in the stored dtype
+
+    def _encoder(self, name: str, spec: ModalitySpec):
+        """The embedded tokenizer's label-space encoder, ``(n, ...) -> (n, num_tokens)`` int64 ids."""
+        tok = self.tokenizers.get(name)
+        if tok is None:
+            def missing(labels: np.ndarray) -> np.ndarray:
+                raise ValueError(f"{name}: a row has {spec.label_kind} to serialise, but the tokenizers stage "
+                                 f"trained no {spec.embedded_tokenizer} tokenizer (labels.lance had none then): "
+                                 "rerun the tokenizers stage")
+            return missing
+        return lambda labels: tok.encode_labels(np.asarray(labels)).astype(np.int64)
+
+    def _embeddings(self, spec: ModalitySpec, values: list) -> list:
+        """Stored vector sequences (``L`` vectors of ``embedding_dim``) as they are, per row."""
+        for v in values:
+            if v is not None and len(v) and len(v[0]) != spec.embedding_dim:
+                raise ValueError(f"{spec.name}: stored vectors are {len(v[0])} wide, the spec's embedding_dim is "
+                                 f"{spec.embedding_dim} (configure the {spec.specialist} specialist to that width)")
+        return list(values)
 
     def _ids(self, text: str | list[str] | None) -> list[int] | None:
         if text is None:
@@ -243,12 +277,22 @@ def feature_specialists(specs: dict[str, ModalitySpec], ctx) -> dict[str, dict]:
 
 
 def _fingerprints(tokenizers_dir: Path, specs: dict[str, ModalitySpec]) -> dict[str, str]:
+    """Per modality, the fingerprint of what tokenizes it: its tokenizer, the text tokenizer,
+    or for an embedding sequence ``<text>+<embedded>`` (``none``: none was trained)."""
+    def fingerprint(folder) -> str:
+        return json.loads((folder / "config.json").read_text())["fingerprint"]
+
     out = {}
     for name, spec in specs.items():
-        if spec.kind == "pixels":
+        if spec.kind in ("pixels", "embedding"):
             continue
-        folder = tokenizers_dir / (TEXT_DIR if spec.kind == "sequence" else name)
-        out[name] = json.loads((folder / "config.json").read_text())["fingerprint"]
+        if spec.kind != "sequence":
+            out[name] = fingerprint(tokenizers_dir / name)
+            continue
+        out[name] = fingerprint(tokenizers_dir / TEXT_DIR)
+        if spec.embedded_tokenizer is not None:
+            folder = tokenizers_dir / name
+            out[name] += "+" + (fingerprint(folder) if (folder / "config.json").exists() else "none")
     return out
 
 

@@ -9,7 +9,9 @@ first use, so this table stays import-light and a family whose module is not in 
 build fails with a message naming it, not an ImportError deep in a worker.
 
 ``wordpiece`` (every sequence modality) is the shared text tokenizer of
-``fm21.tokenize.text``, not a family module.
+``fm21.tokenize.text``, not a family module. A sequence whose serialisation embeds the ids
+of a small tokenizer (``ModalitySpec.embedded_tokenizer``: the body-pose Memcodes of
+``human_poses``, the mask tokenizer of ``sam_instance``) has that family besides.
 """
 
 from __future__ import annotations
@@ -30,6 +32,14 @@ TOKENIZER_FAMILIES: dict[str, str] = {
 }
 
 FAMILY_KEY = "family"  # the recipe key that overrides the registry's family of a modality
+TOKENIZED_KINDS = ("image_tokens", "feature_tokens", "global_tokens")  # a token column of a family's ids
+
+
+def trains_tokenizer(spec: ModalitySpec) -> bool:
+    """Whether the tokenizers stage trains a tokenizer of ``spec``'s own
+    (``tokenizers/<modality>/``): a tokenized image-like kind, or a sequence whose
+    serialisation embeds a tokenizer's ids."""
+    return spec.kind in TOKENIZED_KINDS or spec.embedded_tokenizer is not None
 
 
 def is_installed(name: str) -> bool:
@@ -58,10 +68,10 @@ def family_module(name: str) -> ModuleType:
 
 
 def family_of(spec: ModalitySpec, options: Mapping[str, Any] | None = None) -> str:
-    """The family that tokenizes ``spec``: the registry's, unless the recipe overrides it
-    (``tokenizers.image.<modality>.family``)."""
+    """The family of ``spec``'s own tokenizer: the registry's (its embedded tokenizer for a
+    sequence that has one), unless the recipe overrides it (``tokenizers.image.<modality>.family``)."""
     override = (options or {}).get(FAMILY_KEY)
-    family = override or spec.tokenizer
+    family = override or spec.embedded_tokenizer or spec.tokenizer
     if family is None:
         raise ValueError(f"{spec.name}: the registry names no tokenizer family and the recipe sets none")
     return family
@@ -81,3 +91,30 @@ def recipe_options(entry: Any) -> dict[str, Any]:
     if hasattr(entry, "model_dump"):
         return entry.model_dump(mode="json", exclude_unset=True)
     return dict(entry)
+
+
+def family_config(spec: ModalitySpec, options: Mapping[str, Any] | None, *, path: str) -> Any:
+    """The family config of ``spec`` with its recipe ``options`` (the family's
+    ``from_spec``), or a ValueError naming the recipe keys at fault as ``<path>.<key>``
+    (``path``: where the options sit, e.g. ``tokenizers.image.tok_rgb``). The keys are
+    found by giving the family each one alone; a fault of several keys together names
+    ``path``."""
+    from fm21.tokenize.checkpoint import config_class  # imports torch: only where families are built
+
+    family = family_of(spec, options)
+    config_cls = config_class(family_module(family))
+    given = family_options(options)
+    try:
+        return config_cls.from_spec(spec, given)
+    except (ValueError, TypeError) as err:
+        bad = [k for k in given if _rejects(config_cls, spec, {k: given[k]})]
+        where = ", ".join(f"{path}.{k}" for k in bad) or path
+        raise ValueError(f"{where}: {family} options: {err}") from None
+
+
+def _rejects(config_cls: type, spec: ModalitySpec, options: dict[str, Any]) -> bool:
+    try:
+        config_cls.from_spec(spec, options)
+    except (ValueError, TypeError):
+        return True
+    return False

@@ -62,7 +62,7 @@ def crop_instances(
     masks, boxes = [], []
     for inst in instances or []:
         full = decode_rle(inst["rle"]).astype(np.uint8)  # (S0, S0)
-        mask = apply_crop(full, crop, kind="instance", out_size=size).astype(bool)  # nearest + flip
+        mask = apply_crop(full, crop, kind="classes", out_size=size).astype(bool)  # binary: nearest + flip
         box = mask_box(mask)
         if box is None or is_tiny(box, size, min_fraction=min_fraction):
             continue

@@ -35,6 +35,8 @@ from fm21.tokenize.serialize_instances import (
 
 POSE_ENCODER = "encode_pose"  # row key: (P, 207) body poses -> (P, 8) ids
 MASK_ENCODER = "encode_masks"  # row key: (K, 64, 64) uint8 masks -> (K, 16) ids
+# serialisation -> the row key its embedded tokenizer's encoder goes under
+ENCODER_KEYS: dict[str, str] = {"human_poses": POSE_ENCODER, "sam_instance": MASK_ENCODER}
 _SMPL_FIELDS = ("global_orient", "body_pose", "betas", "cam")
 
 

@@ -189,7 +189,7 @@ def test_crop_instances_follow_the_crop_and_flip() -> None:
     scene = _scene(rng, 4)
     crop = Crop(top=6, left=10, height=30, width=36, hflip=True)
     masks, boxes = crop_instances(scene, crop, size=S)
-    want = [apply_crop(crop_instances([inst], FULL, size=S)[0][0].astype(np.uint8), crop, kind="instance",
+    want = [apply_crop(crop_instances([inst], FULL, size=S)[0][0].astype(np.uint8), crop, kind="classes",
                        out_size=S).astype(bool) for inst in scene]
     want = [m for m in want if m.any()]
     assert len(masks) == len(boxes) <= len(want)
