@@ -215,6 +215,28 @@ class SamMaskOptions(FamilyOptions):
     lr: float | None = None
 
 
+class DivaeOptions(FamilyOptions):
+    """``family: divae`` (``fm21.tokenize.divae.DiVAEConfig``): VQ encoder + diffusion decoder."""
+
+    hidden_dim: int | None = None
+    num_layers: int | None = None
+    latent_dim: int | None = None
+    trunk: str | None = None
+    unet_channels: list[int] | None = None
+    layers_per_block: int | None = None
+    decoder_patch: int | None = None
+    num_train_timesteps: int | None = None
+    decode_steps: int | None = None
+    decode_seed: int | None = None
+    codebook_ema_decay: float | None = None
+    commitment_weight: float | None = None
+    dead_code_coef: float | None = None
+    steps: int | None = None
+    lr: float | None = None
+    batch_size: int | None = None
+    ema_decay: float | None = None  # the decoder's model EMA
+
+
 class UntypedOptions(FamilyOptions):
     """A family with no options model here (a module merged after this file): any key,
     checked by the family's ``from_spec`` when the tokenizers stage starts."""
@@ -231,8 +253,9 @@ OPTION_MODELS: dict[str, type[Strict]] = {
     "vqvae": VQTokenizerConfig,
     "memcodes": MemcodesOptions,
     "sam_mask": SamMaskOptions,
+    "divae": DivaeOptions,
 }
-TokenizerOptions = VQTokenizerConfig | MemcodesOptions | SamMaskOptions | UntypedOptions
+TokenizerOptions = VQTokenizerConfig | MemcodesOptions | SamMaskOptions | DivaeOptions | UntypedOptions
 
 
 def _typed_options(name: str, entry: Any) -> BaseModel:
