@@ -199,7 +199,7 @@ def plot_losses(history: list[dict], path: Location) -> None:
     if not history:
         return
     fig, axes = plt.subplots(1, 2, figsize=(13, 4.8), sharey=True)
-    for ax, prefix, title in ((axes[0], "loss", "training loss (sampled masks)"),
+    for ax, prefix, title in ((axes[0], "loss", "training loss (sampled masks; black: the optimised, weighted total)"),
                               (axes[1], "val_loss", "validation loss (held-out rows, fixed masks)")):
         rows = [h for h in history if prefix in h]
         if not rows:
@@ -207,7 +207,8 @@ def plot_losses(history: list[dict], path: Location) -> None:
             continue
         steps = np.array([h["step"] for h in rows])
         ax.plot(steps, [h[prefix] for h in rows], color="black", lw=2, marker="o" if prefix == "val_loss" else None,
-                ms=3, label="total (mean over modalities)")
+                ms=3, label="total: the optimised loss (train.loss_weights applied)" if prefix == "loss"
+                else "total: mean over modalities (unweighted)")
         for key in sorted(k for k in rows[-1] if k.startswith(prefix + "/")):
             ax.plot(steps, [h.get(key, np.nan) for h in rows], lw=1, alpha=0.8, label=key.split("/", 1)[1])
         ax.set_xlabel("step")
