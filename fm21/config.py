@@ -368,6 +368,11 @@ class TrainConfig(Strict):
     val_samples: int = 64  # held-out rows (crop 0) in the validation batches
     checkpoint_every: int = 500
     device: str = "cpu"
+    # Precision of the forward pass: bf16 = torch.autocast on ``device`` (the reference's
+    # GPU setting); auto = bf16 where the device has fast bf16 (CUDA with bf16, a CPU with
+    # AVX512-BF16 or AMX), else fp32. On such a CPU the demo's step is ~1.17x faster at the
+    # same learning (docs/learning.md). The run's manifest records what was used.
+    precision: Literal["fp32", "bf16", "auto"] = "fp32"
     num_workers: int = 0
     seed: int = 0
 

@@ -79,6 +79,24 @@ def _resume(ckpt_dir: Location, run_fp: str, model: FourM, opt: torch.optim.Opti
     return int(meta["step"])
 
 
+def resolve_precision(precision: str, device: str) -> str:
+    """``auto`` -> ``bf16`` where ``device`` runs bf16 matmuls natively, else ``fp32``."""
+    if precision != "auto":
+        return precision
+    kind = torch.device(device).type
+    if kind == "cuda":
+        return "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "fp32"
+    if kind == "cpu":  # oneDNN's check: AVX512-BF16 or AMX; emulated bf16 is slower than fp32
+        return "bf16" if torch.ops.mkldnn._is_mkldnn_bf16_supported() else "fp32"
+    return "fp32"
+
+
+def autocast(precision: str, device: str):
+    """The forward pass under ``precision`` (resolved): bf16 autocast on ``device``
+    (weights, optimizer state and the cross-entropy stay fp32), or a no-op for fp32."""
+    return torch.autocast(torch.device(device).type, dtype=torch.bfloat16, enabled=precision == "bf16")
+
+
 def _to_device(mod_dict: dict, device: str) -> dict:
     return {m: {k: v.to(device) for k, v in d.items()} for m, d in mod_dict.items()}
 
@@ -134,6 +152,7 @@ def run_train(cfg: TrainConfig, ctx) -> dict:
     history_path = ctx.workdir.stage_dir("train") / "history.jsonl"
     if start == 0:
         history_path.unlink(missing_ok=True)
+    precision = resolve_precision(cfg.precision, cfg.device)
     t0, tokens_seen = time.time(), 0
     model.train()
     with progress("train", total=cfg.steps - start, unit="step") as advance:
@@ -141,7 +160,8 @@ def run_train(cfg: TrainConfig, ctx) -> dict:
             mod_dict = _to_device(next(batches), cfg.device)
             for group in opt.param_groups:
                 group["lr"] = lr_at(step, cfg)
-            loss, per_mod = model(mod_dict)
+            with autocast(precision, cfg.device):
+                loss, per_mod = model(mod_dict)
             if cfg.loss_weights:
                 loss = weighted_loss(per_mod, cfg.loss_weights)
             opt.zero_grad(set_to_none=True)
@@ -172,6 +192,7 @@ def run_train(cfg: TrainConfig, ctx) -> dict:
         "first_loss": history[0]["loss"] if history else None,
         "final_val_loss": next((h["val_loss"] for h in reversed(history) if "val_loss" in h), None),
         "parameters": sum(p.numel() for p in model.parameters()),
+        "precision": precision,
         "tokens_per_second": round(tokens_seen / seconds, 1) if seconds > 0 else None,
         "seconds_training": round(seconds, 1),
     }

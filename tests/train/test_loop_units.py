@@ -134,3 +134,39 @@ def test_loss_weights_must_name_target_modalities():
         TrainConfig(loss_weights={"tok_semsg": 5.0})
     with pytest.raises(ValueError, match="rgb"):
         TrainConfig(loss_weights={"rgb": 1.0})  # input only
+
+
+# ------------------------------------------------------------------------------ precision
+def test_precision_auto_follows_the_device_and_explicit_values_are_kept(monkeypatch):
+    from fm21.train.loop import resolve_precision
+
+    assert resolve_precision("fp32", "cpu") == "fp32" and resolve_precision("bf16", "cpu") == "bf16"
+    monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: False)
+    assert resolve_precision("auto", "cpu") == "fp32"  # emulated bf16 would be slower
+    monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: True)
+    assert resolve_precision("auto", "cpu") == "bf16"
+    with pytest.raises(ValueError):
+        TrainConfig(precision="fp16")
+
+
+def test_bf16_autocast_runs_the_matmuls_in_bf16_and_keeps_the_loss_fp32():
+    from fourm_tiny import tiny_batch, tiny_model, tiny_specs
+
+    from fm21.train.loop import autocast
+
+    torch.manual_seed(0)
+    specs = tiny_specs()
+    model, batch = tiny_model(specs), tiny_batch(specs)
+    seen = []
+    linear = next(m for m in model.encoder.modules() if isinstance(m, nn.Linear))
+    hook = linear.register_forward_hook(lambda m, i, out: seen.append(out.dtype))
+    with autocast("bf16", "cpu"):
+        loss16, per_mod = model(batch)
+    with autocast("fp32", "cpu"):
+        loss32, _ = model(batch)
+    hook.remove()
+    assert seen == [torch.bfloat16, torch.float32]
+    assert loss16.dtype == torch.float32 and all(v.dtype == torch.float32 for v in per_mod.values())
+    assert abs(float(loss16) - float(loss32)) < 0.02 * float(loss32)  # same model, bf16 rounding only
+    loss16.backward()
+    assert all(p.grad is None or p.grad.dtype == torch.float32 for p in model.parameters())
