@@ -127,6 +127,9 @@ class PseudolabelConfig(Strict):
     num_cpus: float = 1.0  # per worker actor
     num_gpus: float = 0.0
     retry_failed: bool = False  # also re-run the samples recorded as failed (only those)
+    # A Lance vector index (IVF_PQ, cosine) over each stored global embedding column,
+    # brought up to date at the end of the stage (fm21.store.vector_index).
+    vector_index: bool = True
     feature_maps: FeatureMapsConfig = FeatureMapsConfig()
     specialists: dict[str, SpecialistConfig]
 

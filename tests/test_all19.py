@@ -78,15 +78,21 @@ def test_every_modality_has_tokens_where_it_has_labels(build):
     assert manifests["tokens"]["counts"]["coverage"].keys() == set(MODALITIES)
 
 
-def test_stats_json_lists_all_19(build):
+def test_stats_json_lists_all_19_and_the_vector_indices(build):
     from typer.testing import CliRunner
 
     from fm21.cli import app
 
-    wd = build[1]
+    wd, manifests = build[1], build[2]
     out = CliRunner().invoke(app, ["--set", f"workdir={wd.root}", "stats", "--json"])
     assert out.exit_code == 0, out.output
     assert set(json.loads(out.stdout)["modalities"]) == set(MODALITIES)
+    # the pseudolabel stage indexed both global embedding columns (16 vectors: 4-bit PQ)
+    indices = manifests["pseudolabel"]["counts"]["vector_indices"]
+    assert {c: (i["action"], i["indexed_rows"]) for c, i in indices.items()} == {
+        "dinov2_global": ("built", 16), "imagebind_global": ("built", 16)}
+    listed = {i["name"]: i["indexed_rows"] for i in json.loads(out.stdout)["labels"]["lance"]["indices"]}
+    assert listed == {"dinov2_global_ivf": 16, "imagebind_global_ivf": 16}
 
 
 def test_each_trained_tokenizer_records_its_family(build):

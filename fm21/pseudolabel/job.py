@@ -135,7 +135,23 @@ def run_pseudolabel(cfg: PseudolabelConfig, ctx) -> dict:
         finally:
             _release(actors)
     _sync_metadata(uri, schema)
-    return _summary(uri, specialists, counts=counts, added_columns=added, recomputed_columns=recomputed)
+    indices = _vector_indices(uri) if cfg.vector_index else {}
+    return {**_summary(uri, specialists, counts=counts, added_columns=added, recomputed_columns=recomputed),
+            "vector_indices": indices}
+
+
+def _vector_indices(uri) -> dict[str, dict]:
+    """Lance vector indices over the global embeddings (DINOv2, ImageBind), for retrieval:
+    each built by a Ray task that streams the column (``fm21.store.vector_index``)."""
+    import ray
+
+    from fm21.store.vector_index import index_global_columns
+
+    @ray.remote(num_cpus=1)
+    def build(fn, *args):
+        return fn(*args)
+
+    return index_global_columns(uri, run=lambda fn, *args: ray.get(build.remote(fn, *args)))
 
 
 def _plan_units(shards: list[Path], records: unit_store.Records, *, retry_failed: bool, uri: Path) -> list[dict]:

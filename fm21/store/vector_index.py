@@ -102,6 +102,41 @@ def build_global_index(
     return describe_index(labels_uri, column)
 
 
+def index_global_columns(labels_uri: Path | str, *, run: Any = None) -> dict[str, dict[str, Any]]:
+    """Bring the vector index of every global-embedding column of ``labels_uri`` up to date:
+    build it where there is none, rebuild it where rows were added since (a column that
+    was recomputed drops its index with it), keep it where it covers every row. Columns
+    with too few vectors for a PQ codebook are left unindexed (search scans them exactly).
+
+    ``run(fn, *args)`` executes a build (the pseudolabel stage passes a Ray task, so the
+    vectors stream through a worker, never through the driver); None runs it here.
+    Returns, per column, ``describe_index``'s figures plus ``action``
+    (built / rebuilt / kept / skipped) and, when skipped, ``reason``.
+    """
+    import lance
+
+    ds = lance.dataset(str(labels_uri))
+    have = {d.name for d in ds.describe_indices()}
+    out: dict[str, dict[str, Any]] = {}
+    for column in global_embedding_columns(ds.schema):
+        rows = ds.count_rows(filter=f"`{column}` IS NOT NULL")
+        if rows < MIN_ROWS_4BIT_PQ:
+            out[column] = {"action": "skipped", "reason": f"{rows} vectors < {MIN_ROWS_4BIT_PQ} (PQ codebook)"}
+            continue
+        if index_name(column) in have:
+            info = describe_index(labels_uri, column)
+            if info["unindexed_rows"] == 0:
+                out[column] = {**info, "action": "kept"}
+                continue
+        action = "rebuilt" if index_name(column) in have else "built"
+        out[column] = {**(run or _call)(build_global_index, str(labels_uri), column), "action": action}
+    return out
+
+
+def _call(fn, *args):
+    return fn(*args)
+
+
 def describe_index(labels_uri: Path | str, column: str) -> dict[str, Any]:
     """The index of ``column``: type, metric, partitions, rows indexed and not yet indexed."""
     import lance

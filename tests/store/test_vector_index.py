@@ -80,3 +80,29 @@ def test_ivf_flat_is_refused_on_float16_and_built_on_float32(labels):
 def test_non_vector_columns_are_refused(labels):
     with pytest.raises(ValueError, match="not a fixed-size float vector column"):
         build_global_index(labels[0], "caption")
+
+
+def test_index_global_columns_builds_keeps_rebuilds_and_skips(tmp_path):
+    """The pseudolabel stage's step: build where missing, keep while it covers every row,
+    rebuild after rows were appended, skip columns with too few vectors for PQ."""
+    import lance
+
+    from fm21.store.vector_index import MIN_ROWS_4BIT_PQ, index_global_columns
+
+    def table(start: int, n: int, dim: int = DIM) -> pa.Table:
+        vectors = np.random.default_rng(start).standard_normal((n, dim)).astype(np.float16)
+        return pa.table({"key": [f"k{i:03d}" for i in range(start, start + n)],
+                         "dinov2_global": pa.FixedSizeListArray.from_arrays(pa.array(vectors.ravel()), dim)})
+
+    uri = tmp_path / "labels.lance"
+    lance.write_dataset(table(0, MIN_ROWS_4BIT_PQ - 1), str(uri))
+    assert index_global_columns(uri)["dinov2_global"]["action"] == "skipped"
+    lance.write_dataset(table(100, 40), str(uri), mode="append")
+    calls = []
+    built = index_global_columns(uri, run=lambda fn, *args: calls.append(fn.__name__) or fn(*args))
+    assert calls == ["build_global_index"]
+    assert built["dinov2_global"]["action"] == "built" and built["dinov2_global"]["indexed_rows"] == 55
+    assert index_global_columns(uri)["dinov2_global"]["action"] == "kept"
+    lance.write_dataset(table(200, 8), str(uri), mode="append")
+    again = index_global_columns(uri)["dinov2_global"]
+    assert again["action"] == "rebuilt" and again["indexed_rows"] == 63 and again["unindexed_rows"] == 0
