@@ -195,14 +195,17 @@ def test_a_loopback_head_runs_the_tiny_train_stage(head, tmp_path):
 
 
 def test_prefect_pretrain_with_an_address_takes_the_same_path(tmp_path, monkeypatch):
-    from fm21.pipelines.flows import _train_job
+    from fm21.pipelines import flows
 
+    _train_job = flows._train_job
+    published = []
+    monkeypatch.setattr(flows, "publish_stage", lambda cfg, name, result: published.append(name))  # no Prefect API
     rec = Recorder()
     monkeypatch.setattr(jobs, "client", lambda address: rec)
     cfg = _tiny(tmp_path)
     result = _train_job.fn(cfg.model_dump(mode="json"), "http://head:8265", force=True)
     assert rec.submitted["entrypoint"].endswith("stage train --force")
-    assert result["stage"] == "train" and result["job_id"] == "raysubmit_test"
+    assert result["stage"] == "train" and result["job_id"] == "raysubmit_test" and published == ["train"]
     rec = Recorder(statuses=("STOPPED",))
     monkeypatch.setattr(jobs, "client", lambda address: rec)
     with pytest.raises(RuntimeError, match="ended STOPPED"):
