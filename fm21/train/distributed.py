@@ -232,6 +232,7 @@ def _injected_exit(rank: int, step: int) -> None:
     if not spec or spec != f"{rank}:{step}":
         return
     marker = Path(os.environ.get("FM21_CRASH_DIR") or tempfile.gettempdir()) / f"kill-worker-{rank}-{step}"
+    marker.parent.mkdir(parents=True, exist_ok=True)
     try:
         os.close(os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
     except FileExistsError:
