@@ -190,9 +190,9 @@ def _fsdp_wrap(model, opt, device: torch.device):
     sharded = FullyShardedDataParallel(model, auto_wrap_policy=ModuleWrapPolicy({EncoderBlock, DecoderBlock}),
                                        use_orig_params=True, device_id=device)
     groups = [{**{k: v for k, v in g.items() if k != "params"}, "params": []} for g in opt.param_groups]
-    for name, p in sharded.named_parameters():  # FSDP reports the original names
-        groups[names[name]]["params"].append(p)
-    new_opt = type(opt)(groups, **opt.defaults)
+    for name, p in sharded.named_parameters():  # the original names behind FSDP's prefixes
+        groups[names[name.replace("_fsdp_wrapped_module.", "")]]["params"].append(p)
+    new_opt = type(opt)(groups)  # each group carries all its settings (lr, betas, eps, decay)
     if state.get("state"):
         set_optimizer_state_dict(sharded, new_opt, state, options=full)
     return sharded, new_opt
