@@ -8,6 +8,7 @@ Examples:
   fm21 stage train --set train.steps=50    # one stage, with an override
   fm21 --recipe tiny run build_dataset     # a recipe overlay from configs/
   fm21 stats --labels                      # bytes per sample per column of labels.lance
+  fm21 train --address http://HEAD:8265    # the train stage as a job on a Ray cluster
 """
 
 from __future__ import annotations
@@ -27,6 +28,8 @@ config_app = typer.Typer(no_args_is_help=True, help="Inspect the configuration."
 app.add_typer(config_app, name="config")
 weights_app = typer.Typer(no_args_is_help=True, help="The specialists' weights: what loads, and the cache.")
 app.add_typer(weights_app, name="weights")
+train_app = typer.Typer(help="The train stage, here or as a Ray job on a cluster (`fm21 train --address URL`).")
+app.add_typer(train_app, name="train")
 
 FLOWS = ("end_to_end", "build_dataset", "pretrain", "evaluate")
 
@@ -298,6 +301,80 @@ def weights_fetch(
 
     fetched = fetch_all(_cfg(), names=list(names or []))
     typer.echo(f"fetched: {', '.join(fetched) or 'nothing (all cached, or no pretrained networks enabled)'}")
+
+
+ADDRESS = typer.Option("--address", "-a", envvar="RAY_API_SERVER_ADDRESS",
+                       help="the cluster's Jobs API, http://HEAD:8265 (env RAY_API_SERVER_ADDRESS)")
+
+
+@train_app.callback(invoke_without_command=True, epilog=(
+    "Example: fm21 train --address http://10.0.0.5:8265 --recipe 4m21-b --set train.ray.num_workers=8"))
+@one_line_errors
+def train(
+    ctx: typer.Context,
+    address: Annotated[Optional[str], ADDRESS] = None,
+    force: Annotated[bool, typer.Option("--force", help="run even if up to date")] = False,
+    pinned: Annotated[bool, typer.Option(
+        "--pinned-env",
+        help="the job builds a virtualenv from constraints.txt (default: the cluster's Python)")] = False,
+    no_follow: Annotated[bool, typer.Option("--no-follow", help="submit, print the job id and return")] = False,
+) -> None:
+    """Run the train stage: here (as `fm21 stage train`), or with --address submit it to a
+    Ray cluster through the Jobs API, stream its log and report its status. The workdir must
+    then be one the cluster shares (a shared filesystem path or s3://)."""
+    if ctx.invoked_subcommand is not None:
+        return
+    if address is None:
+        from fm21.stages import run_stage
+
+        manifest = run_stage(_cfg(), "train", force=force)
+        state = "skipped (up to date)" if manifest.get("skipped") else f"done in {manifest['seconds']}s"
+        typer.echo(f"train: {state}; counts: {manifest.get('counts')}")
+        return
+    from fm21.train import jobs
+
+    client = jobs.client(address)
+    job_id = jobs.submit(address, _cfg(), force=force, pinned=pinned, jobs=client)
+    typer.echo(f"submitted {job_id} to {address} (fm21 train status {job_id}; fm21 train stop {job_id})", err=True)
+    if no_follow:
+        typer.echo(job_id)
+        return
+    final = jobs.follow(client, job_id, echo=lambda text: typer.echo(text, nl=False))
+    typer.echo(f"{job_id}: {final}")
+    if final != "SUCCEEDED":
+        raise typer.Exit(1)
+
+
+@train_app.command("status", epilog="Example: fm21 train status raysubmit_XYZ --address http://HEAD:8265")
+@one_line_errors
+def train_status(
+    job_id: Annotated[str, typer.Argument(help="the id `fm21 train --address` printed")],
+    address: Annotated[Optional[str], ADDRESS] = None,
+) -> None:
+    """A submitted training job's status, message and times."""
+    from fm21.train import jobs
+
+    info = jobs.status(jobs.client(_address(address)), job_id)
+    typer.echo("\n".join(f"{k:11s} {v}" for k, v in info.items() if v is not None))
+
+
+@train_app.command("stop", epilog="Example: fm21 train stop raysubmit_XYZ --address http://HEAD:8265")
+@one_line_errors
+def train_stop(
+    job_id: Annotated[str, typer.Argument(help="the id `fm21 train --address` printed")],
+    address: Annotated[Optional[str], ADDRESS] = None,
+) -> None:
+    """Stop a submitted training job (its last checkpoint stays; a resubmission resumes)."""
+    from fm21.train import jobs
+
+    stopped = jobs.stop(jobs.client(_address(address)), job_id)
+    typer.echo(f"{job_id}: {'stop requested' if stopped else 'not running'}")
+
+
+def _address(address: Optional[str]) -> str:
+    if not address:
+        raise typer.BadParameter("give --address http://HEAD:8265 (or set RAY_API_SERVER_ADDRESS)")
+    return address
 
 
 def main_cli(argv: list[str] | None = None) -> Any:

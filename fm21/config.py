@@ -351,6 +351,15 @@ class MixtureComponent(Strict):
     keep: dict[str, Literal["random", "all", "binary"]] = Field(default_factory=dict)
 
 
+class TrainRayConfig(Strict):
+    """Data-parallel training on Ray Train (`fm21.train.distributed`); 0 workers: in-process."""
+
+    num_workers: int = Field(0, ge=0)  # training workers (ranks); train.batch_size is split across them
+    use_gpu: bool = False  # one GPU per worker, NCCL; CPU workers use gloo
+    fsdp: bool = False  # shard parameters, gradients and optimizer state (L/XL) instead of DDP
+    max_failures: int = Field(3, ge=-1)  # restarts from the last checkpoint after a worker dies; -1: unlimited
+
+
 class TrainConfig(Strict):
     model: ModelConfig = ModelConfig()
     num_input_tokens: int = 256
@@ -378,6 +387,7 @@ class TrainConfig(Strict):
     precision: Literal["fp32", "bf16", "auto"] = "fp32"
     num_workers: int = 0
     seed: int = 0
+    ray: TrainRayConfig = TrainRayConfig()
 
     @field_validator("loss_weights")
     @classmethod

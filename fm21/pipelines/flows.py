@@ -98,11 +98,38 @@ def build_dataset(config_file: Optional[str] = None, recipe: Optional[str] = Non
     return _run(DATASET_STAGES, config_file, recipe, overrides, force)
 
 
+@task(name="train-job", tags=["fm21", "fm21-train"], cache_policy=None, persist_result=False)
+def _train_job(config: dict[str, Any], address: str, force: bool = False) -> dict:
+    """The train stage as a Ray job on the cluster at ``address`` (as `fm21 train --address`):
+    its log goes to this task's log; a job that does not succeed fails the task."""
+    from fm21.store.manifest import read_manifest
+    from fm21.store.layout import Workdir
+    from fm21.train import jobs
+
+    cfg = FlowConfig.model_validate(config)
+    client = jobs.client(address)
+    job_id = jobs.submit(address, cfg, force=force, jobs=client)
+    final = jobs.follow(client, job_id, echo=lambda text: log.info("%s", text.rstrip()))
+    if final != "SUCCEEDED":
+        raise RuntimeError(f"training job {job_id} on {address} ended {final}")
+    manifest = read_manifest(Workdir(cfg.workdir).manifest("train")) or {}
+    result = {"stage": "train", "skipped": bool(manifest.get("skipped", False)), "job_id": job_id,
+              "counts": manifest.get("counts", {}), "seconds": manifest.get("seconds")}
+    publish_stage(cfg, "train", result)
+    return result
+
+
 @flow(name="pretrain", persist_result=False, log_prints=True)
 def pretrain(config_file: Optional[str] = None, recipe: Optional[str] = None,
-             overrides: Optional[list[str]] = None, force: Optional[list[str]] = None) -> list[dict]:
-    """4M masked multimodal pretraining on tokens.lance."""
-    return _run(("train",), config_file, recipe, overrides, force)
+             overrides: Optional[list[str]] = None, force: Optional[list[str]] = None,
+             address: Optional[str] = None) -> list[dict]:
+    """4M masked multimodal pretraining on tokens.lance: in this process, on
+    ``train.ray.num_workers`` Ray Train workers, or, with ``address`` (a cluster's Jobs API,
+    http://HEAD:8265), as a Ray job on that cluster (the path of `fm21 train --address`)."""
+    if not address:
+        return _run(("train",), config_file, recipe, overrides, force)
+    cfg, forced = resolve(config_file, recipe, overrides, force)
+    return [_train_job(cfg.model_dump(mode="json"), address, "train" in forced)]
 
 
 @flow(name="evaluate", persist_result=False, log_prints=True)

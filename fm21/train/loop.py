@@ -3,7 +3,8 @@
 forward -> loss -> backward -> clip -> step -> log, top to bottom. Checkpoints carry the
 model config, modality specs, tokenizer fingerprints and optimizer/step state; a re-run
 resumes from the latest checkpoint when it was made for the same run (fingerprint).
-Ray Train wraps this same loop for many GPUs (later issue).
+Ray Train runs this same loop on many workers (``fm21.train.distributed``): `train_worker`
+is one rank, and one process is rank 0 of 1.
 """
 
 from __future__ import annotations
@@ -129,69 +130,140 @@ def validation_loss(model: FourM, batches: list[dict], device: str) -> dict[str,
     return totals
 
 
+class Alone:
+    """The data-parallel hooks of a one-process run: nothing to wrap, reduce or report.
+
+    ``fm21.train.distributed.RayRank`` implements the same methods for one rank of a Ray
+    Train run (DDP or FSDP); the loop calls them at the same places either way, so one
+    process is the loop as it always was.
+    """
+
+    rank, world_size = 0, 1
+    device: str | None = None  # None: train.device; a Ray GPU rank has its own
+
+    def wrap(self, model: FourM, opt: torch.optim.Optimizer) -> tuple[torch.nn.Module, torch.optim.Optimizer]:
+        return model, opt
+
+    def clip(self, model: torch.nn.Module, max_norm: float) -> torch.Tensor:
+        return torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm)
+
+    def mean(self, values: torch.Tensor) -> torch.Tensor:
+        """The mean over ranks (of the logged losses)."""
+        return values
+
+    def save(self, ckpt_dir: Location, model: torch.nn.Module, opt, step: int, extra: dict) -> None:
+        _checkpoint(ckpt_dir, model, opt, step, extra)
+
+    def report(self, step: int, record: dict | None, checkpoint: Location | None) -> None:
+        """A logged step (record) and/or a written checkpoint, for a supervisor to see."""
+
+
 def run_train(cfg: TrainConfig, ctx) -> dict:
+    """The train stage: in this process, or on ``train.ray.num_workers`` Ray Train workers."""
+    if cfg.ray.num_workers > 0:
+        from fm21.train.distributed import run_distributed
+
+        return run_distributed(cfg, ctx)
+    return train_worker(cfg, ctx)
+
+
+def _rank_slice(mod_dict: dict, rank: int, world_size: int) -> dict:
+    """This rank's part of the global batch: rows [rank*B/W, (rank+1)*B/W)."""
+    if world_size == 1:
+        return mod_dict
+    size = next(iter(next(iter(mod_dict.values())).values())).shape[0] // world_size
+    lo = rank * size
+    return {m: {k: v[lo:lo + size] for k, v in d.items()} for m, d in mod_dict.items()}
+
+
+def train_worker(cfg: TrainConfig, ctx, par: Alone | None = None) -> dict:
+    """The training loop of one rank (``par``: its data-parallel hooks; None: one process).
+
+    Every rank builds the same model, resumes from the same checkpoint and draws the same
+    global batch of ``train.batch_size`` samples, then trains on its own disjoint slice of
+    it: W ranks x B/W samples are one process x B samples (up to float reduction order and
+    the per-rank mean of each modality's loss). Only rank 0 writes history, plots and
+    checkpoint files.
+    """
     from fm21.store.manifest import fingerprint_of, read_manifest
     from fm21.store.tokens import check_compatible, read_store_metadata
 
+    par = par or Alone()
+    device = par.device or cfg.device
+    if cfg.batch_size % par.world_size:
+        raise ValueError(f"train.batch_size {cfg.batch_size} is not divisible by {par.world_size} workers")
     uri = ctx.workdir.tokens_uri
     specs = ctx.specs
     check_compatible(uri, specs)
     store_meta = read_store_metadata(uri)
     torch.manual_seed(cfg.seed)
     model = FourM(specs, cfg.model, num_input_tokens=cfg.num_input_tokens, num_target_tokens=cfg.num_target_tokens)
-    model.to(cfg.device)
+    model.to(device)
     opt = build_optimizer(model, cfg)
     ckpt_dir = ctx.workdir.checkpoints_dir
-    run_fp = fingerprint_of({"train": cfg.model_dump(mode="json"),
+    # The run's identity leaves out train.ray: the same run may resume on another cluster size.
+    run_fp = fingerprint_of({"train": cfg.model_dump(mode="json", exclude={"ray"}),
                              "tokens": (read_manifest(ctx.workdir.manifest("tokens")) or {}).get("fingerprint")})
     start = _resume(ckpt_dir, run_fp, model, opt, steps=cfg.steps)
+    num_parameters = sum(p.numel() for p in model.parameters())
+    model, opt = par.wrap(model, opt)
     dataset = LanceTokenDataset(uri, specs, _masking(cfg, specs, cfg.seed), seed=cfg.seed + start)
     batches = iter(make_loader(dataset, batch_size=cfg.batch_size, num_workers=cfg.num_workers))
     val_batches = validation_batches(uri, specs, _masking(cfg, specs, cfg.seed), cfg)
     extra = {"run_fingerprint": run_fp, "tokenizers": store_meta["tokenizers"], "train": cfg.model_dump(mode="json")}
     history_path = ctx.workdir.stage_dir("train") / "history.jsonl"
-    if start == 0:
+    writer = par.rank == 0
+    if start == 0 and writer:
         history_path.unlink(missing_ok=True)
-    precision = resolve_precision(cfg.precision, cfg.device)
+    precision = resolve_precision(cfg.precision, device)
     t0, tokens_seen = time.time(), 0
     model.train()
     with progress("train", total=cfg.steps - start, unit="step") as advance:
         for step in range(start, cfg.steps):
-            mod_dict = _to_device(next(batches), cfg.device)
+            mod_dict = _to_device(_rank_slice(next(batches), par.rank, par.world_size), device)
             for group in opt.param_groups:
                 group["lr"] = lr_at(step, cfg)
-            with autocast(precision, cfg.device):
+            with autocast(precision, device):
                 loss, per_mod = model(mod_dict)
             if cfg.loss_weights:
                 loss = weighted_loss(per_mod, cfg.loss_weights)
             opt.zero_grad(set_to_none=True)
             loss.backward()
-            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+            grad_norm = par.clip(model, cfg.grad_clip)
             opt.step()
             tokens_seen += cfg.batch_size * (cfg.num_input_tokens + cfg.num_target_tokens)
             last = step == cfg.steps - 1
             validate = bool(val_batches) and (step % cfg.val_every == 0 or last)
+            record = None
             if step % cfg.log_every == 0 or validate or last:
-                record = {"step": step, "loss": float(loss), "lr": lr_at(step, cfg), "grad_norm": float(grad_norm),
-                          **{f"loss/{m}": float(v) for m, v in per_mod.items()}}
-                if validate:
-                    record.update(validation_loss(model, val_batches, cfg.device))
-                _append(history_path, record)
-                log.info("train: step %d loss %.4f%s lr %.2e", step, record["loss"],
-                         f" val {record['val_loss']:.4f}" if "val_loss" in record else "", record["lr"])
+                names = sorted(per_mod)  # the same order on every rank for the reduction
+                values = torch.stack([loss.detach(), *(per_mod[m].detach() for m in names)])
+                mean = dict(zip(["", *names], par.mean(values)))
+                record = {"step": step, "loss": float(mean[""]), "lr": lr_at(step, cfg), "grad_norm": float(grad_norm),
+                          **{f"loss/{m}": float(mean[m]) for m in per_mod}}
+                if validate:  # every rank: an FSDP forward is collective
+                    record.update(validation_loss(model, val_batches, device))
+                if writer:
+                    _append(history_path, record)
+                    log.info("train: step %d loss %.4f%s lr %.2e", step, record["loss"],
+                             f" val {record['val_loss']:.4f}" if "val_loss" in record else "", record["lr"])
+            saved = None
             if (step + 1) % cfg.checkpoint_every == 0 or step == cfg.steps - 1:
-                _checkpoint(ckpt_dir, model, opt, step + 1, extra)
+                par.save(ckpt_dir, model, opt, step + 1, extra)
+                saved = ckpt_dir / f"step-{step + 1:07d}"
+            par.report(step, record, saved)
             advance(1)
     seconds = time.time() - t0
     history = [json.loads(line) for line in history_path.read_text().splitlines()] if history_path.exists() else []
-    plot_losses(history, ctx.workdir.stage_dir("train") / "loss.png")
+    if writer:
+        plot_losses(history, ctx.workdir.stage_dir("train") / "loss.png")
     return {
         "steps": cfg.steps,
         "resumed_from": start,
         "final_loss": history[-1]["loss"] if history else None,
         "first_loss": history[0]["loss"] if history else None,
         "final_val_loss": next((h["val_loss"] for h in reversed(history) if "val_loss" in h), None),
-        "parameters": sum(p.numel() for p in model.parameters()),
+        "parameters": num_parameters,
         "precision": precision,
         "tokens_per_second": round(tokens_seen / seconds, 1) if seconds > 0 else None,
         "seconds_training": round(seconds, 1),
