@@ -143,8 +143,6 @@ class TokenizeActor:
         new = self._tokenize_fragment(task["labels_fragment"], task["labels_version"], point="tokens.in_add")
         dataset = lance.dataset(self.uri, version=task["version"])
         fragment = dataset.get_fragment(task["fragment"])
-        if fragment.metadata.deletion_file is not None:  # rows are matched by position below
-            raise RuntimeError(f"{self.uri}: fragment {task['fragment']} has deleted rows; rebuild the store")
         where = {(k, c): i for i, (k, c) in enumerate(zip(new.column("key").to_pylist(), new.column("crop").to_pylist()))}
 
         def rows(keys: pa.Array, crops: pa.Array) -> pa.Array:
@@ -164,6 +162,8 @@ class TokenizeActor:
             crash_point("tokens.after_add")
         replaced = [f.name for f in self.schema if f.name in task["replaced"]]
         if replaced:
+            if fragment.metadata.deletion_file is not None:  # the new file holds one value per physical row
+                raise RuntimeError(f"{self.uri}: fragment {task['fragment']} has deleted rows; rebuild the store")
             order = fragment.to_table(columns=["key", "crop"])  # the fragment's physical row order
             values = new.select(replaced).take(rows(order.column("key"), order.column("crop")))
             metadata = _replace_columns(metadata, values, dataset)
