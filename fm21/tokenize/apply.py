@@ -8,15 +8,28 @@ and writes the tokens fragment itself; the driver commits ``units_per_commit`` u
 per Lance Append, recording the units in the transaction (``fm21.store.units``), so a
 killed run resumes at the first uncommitted fragment without duplicates.
 
-Enabling a modality on an existing store adds only its column: worker actors holding
-only the new tokenizers each take one tokens fragment, tokenize the rows of the labels
-fragment it was made from (same crops: they are drawn from the key hash), and write the
-column as one new data file of that fragment (``LanceFragment.merge_columns``); the
-driver commits every fragment as one Lance ``Merge`` against the version it read, whose
-schema carries the new specs and fingerprints. The other columns' data files are not
-rewritten. A store made from other labels (another ingest) or with another crop layout,
-a removed modality, or a modality whose inputs changed (spec, tokenizer, specialist) is
-rebuilt whole.
+Enabling a modality on an existing store adds only its column, and a modality whose
+inputs changed (its tokenizer's fingerprint, its spec, the specialist that made its labels)
+gets only its column tokenized again (``plan_store``). Worker actors holding only those
+tokenizers each take one tokens fragment, tokenize the rows of the labels fragment it was
+made from (same crops: they are drawn from the key hash) and write, per fragment, one new
+data file for the added columns (``LanceFragment.merge_columns``: new field ids) and one
+for the re-tokenized columns (``_replace_columns``: written under the columns' existing
+field ids; the fragment's older files keep their paths and bytes and list those ids as
+tombstoned, -2, the Lance format's mark for a field whose data moved to another file).
+The driver commits every fragment as one Lance ``Merge`` against the version it read,
+whose schema carries the new specs and fingerprints (``fm21.inputs``). That single commit
+is the crash-safety argument: a kill before it leaves the old column under the old
+fingerprints (the files written are orphans, and a rerun redoes them); after it the store
+holds the new column under the new fingerprints; no version has one without the other.
+Alternatives weighed (pylance 4.0.2): ``DataReplacement`` swaps a data file only for one
+with exactly the same fields (a column sharing its file with others cannot be swapped
+alone) and cannot change schema metadata, so the fingerprints would need a second commit;
+``drop_columns`` + ``add_columns`` is two commits with a window where the store has no
+column (or must first be marked stale) and moves the column to a new field id and the end
+of the schema. A re-tokenized column keeps its field id and position, so its Arrow type
+must not change (``plan_store`` rebuilds then). A store made from other labels (another
+ingest) or with another crop layout, or with a removed modality, is rebuilt whole.
 
 Feature-map modalities (``feature_tokens``: CLIP, DINOv2, ImageBind) are tokenized from
 the stored feature map where labels.lance has one (crop 0: the features of the full
@@ -39,7 +52,7 @@ import dataclasses
 import json
 import logging
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import pyarrow as pa
@@ -58,7 +71,8 @@ from fm21.tokenize.families import trains_tokenizer
 from fm21.tokenize.sequences import ENCODER_KEYS, serialize
 from fm21.tokenize.stage import TEXT_DIR, label_inputs
 
-PROP_ADDED = "fm21.added_modalities"  # on the Merge that adds columns
+PROP_ADDED = "fm21.added_modalities"  # on the Merge that adds columns ...
+PROP_RETOKENIZED = "fm21.retokenized_modalities"  # ... and that replaces them
 
 log = logging.getLogger("fm21")
 
@@ -112,31 +126,50 @@ class TokenizeActor:
             crash_point(point)
         return pa.concat_tables(tables) if tables else self.schema.empty_table()
 
-    def add_columns(self, task: dict[str, Any]) -> dict[str, Any]:
-        """This actor's modalities as new columns of one committed tokens fragment.
+    def write_columns(self, task: dict[str, Any]) -> dict[str, Any]:
+        """This actor's modalities as new data files of one committed tokens fragment.
 
         The fragment's rows came from one labels fragment (its unit): those label rows are
-        tokenized again for the new modalities only, with the same batches and crops as a
-        full build, matched to the fragment's rows by (key, crop), and written as one new
-        data file of the fragment. Returns its metadata and the merged Lance schema.
+        tokenized again for this actor's modalities only, with the same batches and crops as
+        a full build, and matched to the fragment's rows by (key, crop). Modalities in
+        ``task["added"]`` become one new data file with new fields
+        (``LanceFragment.merge_columns``); those in ``task["replaced"]`` one new data file
+        under their existing field ids (:func:`_replace_columns`). Returns the fragment's
+        new metadata and, when columns were added, the merged Lance schema. Nothing is
+        committed here.
         """
         import lance
 
         new = self._tokenize_fragment(task["labels_fragment"], task["labels_version"], point="tokens.in_add")
-        fragment = lance.dataset(self.uri, version=task["version"]).get_fragment(task["fragment"])
+        dataset = lance.dataset(self.uri, version=task["version"])
+        fragment = dataset.get_fragment(task["fragment"])
         where = {(k, c): i for i, (k, c) in enumerate(zip(new.column("key").to_pylist(), new.column("crop").to_pylist()))}
-        columns = [f.name for f in self.schema if f.name in self.specs]
-        values = new.select(columns)
 
-        def column_batch(batch: pa.RecordBatch) -> pa.RecordBatch:
-            # Stateless (Lance may call it more than once per batch): rows found by (key, crop).
-            rows = [where[(k, c)] for k, c in zip(batch.column("key").to_pylist(), batch.column("crop").to_pylist())]
-            part = values.take(pa.array(rows, type=pa.int64()))
-            return pa.RecordBatch.from_arrays([part.column(c).combine_chunks() for c in columns], schema=values.schema)
+        def rows(keys: pa.Array, crops: pa.Array) -> pa.Array:
+            return pa.array([where[(k, c)] for k, c in zip(keys.to_pylist(), crops.to_pylist())], type=pa.int64())
 
-        metadata, schema = fragment.merge_columns(column_batch, columns=["key", "crop"])
-        crash_point("tokens.after_add")
+        metadata, schema = fragment.metadata, None
+        added = [f.name for f in self.schema if f.name in task["added"]]
+        if added:
+            values = new.select(added)
+
+            def column_batch(batch: pa.RecordBatch) -> pa.RecordBatch:
+                # Stateless (Lance may call it more than once per batch): rows found by (key, crop).
+                part = values.take(rows(batch.column("key"), batch.column("crop")))
+                return pa.RecordBatch.from_arrays([part.column(c).combine_chunks() for c in added], schema=values.schema)
+
+            metadata, schema = fragment.merge_columns(column_batch, columns=["key", "crop"])
+            crash_point("tokens.after_add")
+        replaced = [f.name for f in self.schema if f.name in task["replaced"]]
+        if replaced:
+            if fragment.metadata.deletion_file is not None:  # the new file holds one value per physical row
+                raise RuntimeError(f"{self.uri}: fragment {task['fragment']} has deleted rows; rebuild the store")
+            order = fragment.to_table(columns=["key", "crop"])  # the fragment's physical row order
+            values = new.select(replaced).take(rows(order.column("key"), order.column("crop")))
+            metadata = _replace_columns(metadata, values, dataset)
+            crash_point("tokens.after_replace")
         return {"fragment": json.dumps(metadata.to_json()), "schema": schema}
+
     def __call__(self, table: pa.Table) -> pa.Table:
         from fm21.pseudolabel.specialists.feature import decode_feature_maps
 
@@ -309,17 +342,17 @@ def run_tokens(cfg: TokensConfig, ctx) -> dict:
     inputs = {n: fingerprint_of({"spec": dataclasses.asdict(s), "tokenizer": fps.get(n),
                                  "labels": label_inputs(labels_meta, s)}) for n, s in specs.items()}
     schema = token_store.tokens_schema(specs, tokenizers=fps, labels_fp=labels_fp, layout=layout, inputs=inputs)
-    added, reason = plan_store(uri, schema)
-    if reason:
-        log.info("tokens: rebuilding %s: %s", uri, reason)
+    plan = plan_store(uri, schema)
+    if plan.rebuild:
+        log.info("tokens: rebuilding %s: %s", uri, plan.rebuild)
         fs.remove_tree(uri)
     records = unit_store.read_records(uri)
     if unit_store.drop_if_unrecorded(uri, records):
-        records, added = unit_store.Records({}, {}), []
+        records, plan = unit_store.Records({}, {}), Plan([], [], plan.rebuild)
     unit_store.ensure_store(uri, schema)
     labels = store.open_dataset(labels_uri)
-    if added:
-        _add_modalities(cfg, ctx, uri, added, schema=schema, records=records, labels_version=labels.version)
+    if plan.added or plan.retokenized:
+        _write_columns(cfg, ctx, uri, plan, schema=schema, records=records, labels_version=labels.version)
     done = records.units
     # Unit = one labels fragment, read at this pinned version; fragment ids are stable
     # under Append and Merge, so the unit id names the same rows on every rerun.
@@ -336,40 +369,55 @@ def run_tokens(cfg: TokensConfig, ctx) -> dict:
         finally:
             _release(actors)
     return {**_summary(uri, num_new=counts["rows"] // max(cfg.num_crops, 1)), "new_units": counts["units"],
-            "commits": counts["commits"], "nodes": counts["nodes"], "added_modalities": added,
-            "rebuilt": reason}
+            "commits": counts["commits"], "nodes": counts["nodes"], "added_modalities": plan.added,
+            "retokenized_modalities": plan.retokenized, "rebuilt": plan.rebuild}
 
 
-def plan_store(uri, schema: pa.Schema) -> tuple[list[str], str | None]:
-    """What an existing store needs to become ``schema``'s: the modalities to add as
-    columns, or the reason to rebuild it whole (None: keep it)."""
+class Plan(NamedTuple):
+    """What an existing store needs to become the run's: columns to add, columns to
+    tokenize again, or the reason to rebuild it whole (None: keep or extend it)."""
+
+    added: list[str]
+    retokenized: list[str]
+    rebuild: str | None
+
+
+def plan_store(uri, schema: pa.Schema) -> Plan:
+    """Compare the store's schema metadata with ``schema``'s. Columns are added or
+    re-tokenized only when every row stays (same labels, same crop layout) and no column
+    goes; a re-tokenized column must keep its Arrow type (it keeps its Lance field id)."""
     if not unit_store.exists(uri):
-        return [], None
+        return Plan([], [], None)
     have = token_store.read_store_metadata(uri)
     want = token_store.read_schema_metadata(schema)
-    columns = set(store.open_dataset(uri).schema.names)
+    stored = store.open_dataset(uri).schema
     if have["labels_fingerprint"] != want["labels_fingerprint"]:
-        return [], "made from other labels (ingest fingerprint)"
+        return Plan([], [], "made from other labels (ingest fingerprint)")
     if have["layout"] != want["layout"]:
-        return [], f"crop layout {have['layout']} != {want['layout']}"
+        return Plan([], [], f"crop layout {have['layout']} != {want['layout']}")
     removed = [n for n in have["specs"] if n not in want["specs"]]
     if removed:
-        return [], f"modalities removed: {removed}"
-    changed = [n for n in have["specs"] if have["inputs"].get(n) != want["inputs"][n] or n not in columns]
-    if changed:
-        return [], f"inputs changed (spec, tokenizer or labels): {changed}"
+        return Plan([], [], f"modalities removed: {removed}")
+    missing = [n for n in have["specs"] if n not in stored.names]
+    if missing:
+        return Plan([], [], f"columns {missing} missing")
     added = [n for n in want["specs"] if n not in have["specs"]]
-    if any(n in columns for n in added):
-        return [], f"columns {[n for n in added if n in columns]} exist without their specs"
-    return added, None
+    if any(n in stored.names for n in added):
+        return Plan([], [], f"columns {[n for n in added if n in stored.names]} exist without their specs")
+    changed = [n for n in have["specs"] if have["inputs"].get(n) != want["inputs"][n]]
+    retyped = [n for n in changed if not stored.field(n).equals(schema.field(n), check_metadata=True)]
+    if retyped:
+        return Plan([], [], f"column type changed: {retyped}")
+    return Plan(added, changed, None)
 
 
-def _add_modalities(cfg: TokensConfig, ctx, uri, added: list[str], *, schema: pa.Schema,
-                    records: unit_store.Records, labels_version: int) -> None:
-    """The columns of ``added`` for every committed fragment, committed as one Merge whose
-    schema carries ``schema``'s metadata (all specs and fingerprints): a kill before the
-    commit leaves the store as it was (the files written become orphans), after it the
-    store is complete."""
+def _write_columns(cfg: TokensConfig, ctx, uri, plan: Plan, *, schema: pa.Schema, records: unit_store.Records,
+                   labels_version: int) -> None:
+    """The columns of ``plan.added`` and ``plan.retokenized`` for every committed fragment,
+    committed as one Merge whose schema carries ``schema``'s metadata (all specs and
+    fingerprints): a kill before the commit leaves the store as it was, old columns and
+    old fingerprints (the files written become orphans); after it, new columns and new
+    fingerprints."""
     import lance
     from lance.fragment import FragmentMetadata
     from ray.util import ActorPool
@@ -382,21 +430,61 @@ def _add_modalities(cfg: TokensConfig, ctx, uri, added: list[str], *, schema: pa
         return
     unit_of = records.unit_of_file()
     tasks = [{"fragment": f.fragment_id, "version": ds.version, "labels_version": labels_version,
-              "labels_fragment": int(unit_of[f.data_files()[0].path].rsplit("-", 1)[1])} for f in fragments]
-    specs = {n: ctx.specs[n] for n in added}
-    add_schema = pa.schema([schema.field(n) for n in ("key", "crop", "split", *added)])
-    actors = _actors(cfg, ctx, schema=add_schema, specs=specs)
+              "labels_fragment": int(unit_of[f.data_files()[0].path].rsplit("-", 1)[1]),
+              "added": plan.added, "replaced": plan.retokenized} for f in fragments]
+    specs = {n: ctx.specs[n] for n in (*plan.retokenized, *plan.added)}
+    # Re-tokenized columns are written as the store's fields (same ids); plan_store checked
+    # that they equal the run's.
+    columns_schema = pa.schema([*(schema.field(n) for n in ("key", "crop", "split")),
+                                *(ds.schema.field(n) for n in plan.retokenized), *(schema.field(n) for n in plan.added)])
+    actors = _actors(cfg, ctx, schema=columns_schema, specs=specs)
     try:
-        results = list(tracked(ActorPool(actors).map_unordered(lambda a, t: a.add_columns.remote(t), tasks),
+        results = list(tracked(ActorPool(actors).map_unordered(lambda a, t: a.write_columns.remote(t), tasks),
                                "tokens-columns", unit="fragment", total=len(tasks)))
     finally:
         _release(actors)
     merged = sorted((FragmentMetadata.from_json(r["fragment"]) for r in results), key=lambda f: f.id)
-    op = lance.LanceOperation.Merge(merged, _with_metadata(results[0]["schema"], metadata))
+    lance_schema = results[0]["schema"] if plan.added else ds.lance_schema
+    op = lance.LanceOperation.Merge(merged, _with_metadata(lance_schema, metadata))
     crash_point("tokens.add_commit")
-    lance.LanceDataset.commit(str(uri), lance.Transaction(ds.version, op,
-                                                          transaction_properties={PROP_ADDED: json.dumps(added)}))
-    log.info("tokens: added columns %s to %d fragments", added, len(merged))
+    props = {PROP_ADDED: json.dumps(plan.added), PROP_RETOKENIZED: json.dumps(plan.retokenized)}
+    lance.LanceDataset.commit(str(uri), lance.Transaction(ds.version, op, transaction_properties=props))
+    log.info("tokens: added columns %s, re-tokenized columns %s, in %d fragments", plan.added, plan.retokenized,
+             len(merged))
+
+
+def _replace_columns(metadata, values: pa.Table, dataset):
+    """``metadata`` (a fragment's of ``dataset``) with ``values``' columns (one value per row,
+    in the fragment's row order) in one new data file under the dataset's field ids. The
+    fragment's other data files keep their paths and bytes; the replaced fields are
+    tombstoned in them (field id -2, the Lance format's mark for "this field's data now
+    lives in another file"), so reads take them from the new file. A file left with only
+    tombstones is dropped from the fragment by Lance at the commit."""
+    from lance.fragment import FragmentMetadata, write_fragments
+    from lance.schema import LanceSchema
+
+    out = metadata.to_json()
+    if out["physical_rows"] != values.num_rows:
+        raise RuntimeError(f"fragment {out['id']}: {values.num_rows} values for {out['physical_rows']} rows")
+    # Written as a dataset of its own ("overwrite": an append would have to hold the store's
+    # non-nullable key columns), numbered from 0, then renumbered to the store's ids: the
+    # same fields in the same pre-order (the types are the store's, plan_store checked).
+    written = write_fragments(values, dataset.uri, schema=values.schema, mode="overwrite",
+                              data_storage_version=dataset.data_storage_version, max_rows_per_file=1 << 30)
+    [file] = [f for w in written for f in w.to_json()["files"]]
+    fresh = LanceSchema.from_pyarrow(values.schema)
+    ids = {a: b for name in values.column_names
+           for a, b in zip(_field_ids(fresh.field(name)), _field_ids(dataset.lance_schema.field(name)), strict=True)}
+    file["fields"] = [ids[i] for i in file["fields"]]
+    for data_file in out["files"]:
+        data_file["fields"] = [-2 if i in ids.values() else i for i in data_file["fields"]]
+    out["files"].append(file)
+    return FragmentMetadata.from_json(json.dumps(out))
+
+
+def _field_ids(field) -> list[int]:
+    """A Lance field's id and its children's, in pre-order."""
+    return [field.id(), *(i for child in field.children() for i in _field_ids(child))]
 
 
 def _with_metadata(schema, metadata: dict[str, str]):

@@ -4,6 +4,7 @@ from-scratch build; a kill -9 during the add, then a rerun, gives the same store
 
 from __future__ import annotations
 
+import hashlib
 import shutil
 from pathlib import Path
 
@@ -129,3 +130,61 @@ def test_removing_a_modality_rebuilds(added, tmp_path):
     counts = run_stage(_config(wd.root, *WITHOUT), "tokens")["counts"]
     assert "modalities removed" in counts["rebuilt"] and counts["new_units"] == 4
     assert NEW not in lance.dataset(str(wd.tokens_uri)).schema.names
+
+
+# Changing one tokenizer's config: only it is retrained, only its column is re-tokenized.
+CHANGED = "tok_depth"
+RETRAIN = [*WITHOUT, f"tokenizers.image.{CHANGED}.steps=10"]  # configs/tiny.yaml: 20
+
+
+def _digests(uri, files: dict[int, list[str]]) -> dict[str, str]:
+    return {p: hashlib.sha256((Path(uri) / "data" / p).read_bytes()).hexdigest() for ps in files.values() for p in ps}
+
+
+@pytest.fixture(scope="module")
+def retokenized(base, tmp_path_factory) -> tuple[Workdir, dict, dict, dict]:
+    """The base build with tok_depth trained for fewer steps: tokenizers and tokens rerun."""
+    wd = _copy(base, tmp_path_factory.mktemp("retok") / "work", ["ingest", "pseudolabel", "tokenizers", "tokens"])
+    files = _data_files(wd.tokens_uri)
+    before = {"files": files, "digests": _digests(wd.tokens_uri, files), "table": _sorted(wd.tokens_uri)}
+    tokenizers = run_stage(_config(wd.root, *RETRAIN), "tokenizers")
+    tokens = run_stage(_config(wd.root, *RETRAIN), "tokens")
+    return wd, before, tokenizers["counts"], tokens["counts"]
+
+
+def test_a_changed_tokenizer_retokenizes_only_its_column(retokenized, tmp_path):
+    wd, before, tokenizers, tokens = retokenized
+    assert tokenizers["trained"] == [CHANGED]
+    assert CHANGED not in tokenizers["reused"] and "tok_rgb" in tokenizers["reused"]
+    assert tokens["retokenized_modalities"] == [CHANGED] and tokens["added_modalities"] == []
+    assert tokens["rebuilt"] is None and tokens["new_units"] == 0
+    files = _data_files(wd.tokens_uri)
+    assert files.keys() == before["files"].keys()
+    for fragment, old in before["files"].items():  # same paths, one more file each
+        assert files[fragment][:len(old)] == old and len(files[fragment]) == len(old) + 1
+    assert _digests(wd.tokens_uri, before["files"]) == before["digests"]  # and the same bytes
+    got = _sorted(wd.tokens_uri)
+    others = [c for c in got.column_names if c != CHANGED]
+    assert got.select(others).equals(before["table"].select(others))
+    assert not got.column(CHANGED).equals(before["table"].column(CHANGED))  # the new tokenizer's ids
+    # A from-scratch build with the same labels and tokenizers: every column and the metadata.
+    scratch = _copy(wd, tmp_path / "work", ["ingest", "pseudolabel", "tokenizers"])
+    run_stage(_config(scratch.root, *RETRAIN), "tokens")
+    assert got.equals(_sorted(scratch.tokens_uri))
+    assert read_store_metadata(wd.tokens_uri) == read_store_metadata(scratch.tokens_uri)
+    assert not orphan_files(wd.tokens_uri)
+
+
+def test_killed_retokenize_resumes_to_the_same_store(base, retokenized, tmp_path):
+    wd = _copy(base, tmp_path / "work", ["ingest", "pseudolabel", "tokens"], tokenizers_from=retokenized[0])
+    files, table = _data_files(wd.tokens_uri), _sorted(wd.tokens_uri)
+    # Killed once two fragments' new tok_depth files are written, before the Merge.
+    killed_cli_run(wd.root, ["stage", "tokens"], "tokens.after_replace:2", tmp_path, [*SETS, *RETRAIN])
+    # The store is as it was: old column data under the old fingerprints; the files are orphans.
+    assert _data_files(wd.tokens_uri) == files and _sorted(wd.tokens_uri).equals(table)
+    assert read_store_metadata(wd.tokens_uri) == read_store_metadata(base.tokens_uri)
+    assert len(orphan_files(wd.tokens_uri)) >= 2
+    counts = run_stage(_config(wd.root, *RETRAIN), "tokens")["counts"]
+    assert counts["retokenized_modalities"] == [CHANGED] and counts["new_units"] == 0
+    assert _sorted(wd.tokens_uri).equals(_sorted(retokenized[0].tokens_uri))
+    assert read_store_metadata(wd.tokens_uri) == read_store_metadata(retokenized[0].tokens_uri)
