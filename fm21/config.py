@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_serializer
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_serializer, model_validator
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from fm21.modalities import MODALITIES, ModalitySpec, resolve_specs
@@ -325,12 +325,33 @@ class TokensConfig(Strict):
 
 
 # ------------------------------------------------------------------------------ train
+# The reference's trunk sizes (apple/ml-4m `fourm/models/fm.py`, ``fm_<size>_*_swiglu_nobias``):
+# the 4M paper's 4M-B / 4M-L / 4M-XL are base / large / xlarge (198M / 705M / 2.8B trunk).
+MODEL_SIZES: dict[str, dict[str, int]] = {
+    "tiny": {"dim": 384, "encoder_depth": 6, "decoder_depth": 6, "num_heads": 6},
+    "small": {"dim": 512, "encoder_depth": 8, "decoder_depth": 8, "num_heads": 8},
+    "base": {"dim": 768, "encoder_depth": 12, "decoder_depth": 12, "num_heads": 12},
+    "large": {"dim": 1024, "encoder_depth": 24, "decoder_depth": 24, "num_heads": 16},
+    "xlarge": {"dim": 2048, "encoder_depth": 24, "decoder_depth": 24, "num_heads": 32},
+}
+
+
 class ModelConfig(Strict):
+    """The 4M trunk. ``size`` names a preset of :data:`MODEL_SIZES`; any architecture field
+    given explicitly overrides it, and a field given as null takes the preset's value (a
+    recipe laid over flows.yaml's demo model writes ``dim: null`` to use its preset's).
+    Without ``size`` the fields keep their own defaults (the base trunk)."""
+
+    size: Literal["tiny", "small", "base", "large", "xlarge"] | None = None
     dim: int = 768
     encoder_depth: int = 12
     decoder_depth: int = 12
     num_heads: int = 12
     mlp_ratio: float = 4.0
+    # swiglu: gated SiLU MLP, hidden int(2 * int(mlp_ratio * dim) / 3); gelu: hidden int(mlp_ratio * dim)
+    mlp: Literal["gelu", "swiglu"] = "swiglu"
+    bias: bool = False  # biases of qkv/proj/MLP, LayerNorms and the context projection (4M-21: none)
+    tie_sequence_logits: bool = True  # sequence heads share their decoder token table (the reference's)
     # Relative size of content and position at init. The reference's values (embeddings
     # N(0, 0.02), unit-amplitude sin-cos positions) suit billions of tokens; on a CPU
     # budget they cost a long plateau: token content drowned by positions (copying an
@@ -339,9 +360,34 @@ class ModelConfig(Strict):
     token_emb_std: float = 0.02  # init std of the encoder's token embeddings
     pos_emb_scale: float = 1.0  # multiplies every fixed sin-cos position table
 
+    @model_validator(mode="before")
+    @classmethod
+    def _apply_size(cls, data: Any) -> Any:
+        if not isinstance(data, dict):
+            return data
+        preset = MODEL_SIZES.get(data.get("size") or "", {})
+        if data.get("size") and not preset:
+            return data  # an unknown size: the Literal reports it
+        out = {k: v for k, v in data.items() if not (v is None and (k in preset or k == "mlp_ratio"))}
+        for key, value in preset.items():
+            out.setdefault(key, value)
+        return out
+
+
+def _registry_names(value: dict[str, Any]) -> dict[str, Any]:
+    """Keys must name modalities of the registry (a recipe may name one its run does not
+    enable: that entry is unused); a misspelt name is an error."""
+    bad = sorted(n for n in value if n not in MODALITIES)
+    if bad:
+        raise ValueError(f"not modalities of the registry: {bad}")
+    return value
+
 
 class MixtureComponent(Strict):
-    """One Dirichlet component: alphas per modality (missing modalities get ``default``)."""
+    """One Dirichlet component: alphas per modality (missing modalities get ``default``).
+
+    Target alphas of input-only modalities (rgb, t5_caption) are ignored: they never get a
+    target budget (the reference draws one for t5_caption and wastes it)."""
 
     weight: float = 1.0
     input_alphas: dict[str, float] = Field(default_factory=dict)
@@ -349,6 +395,8 @@ class MixtureComponent(Strict):
     default_input_alpha: float = 1.0
     default_target_alpha: float = 1.0
     keep: dict[str, Literal["random", "all", "binary"]] = Field(default_factory=dict)
+
+    _names = field_validator("input_alphas", "target_alphas", "keep")(_registry_names)
 
 
 class TrainRayConfig(Strict):
@@ -388,6 +436,9 @@ class TrainConfig(Strict):
     num_workers: int = 0
     seed: int = 0
     ray: TrainRayConfig = TrainRayConfig()
+    # Applied from outside the model, per transformer block (fm21/train/parallelize.py)
+    compile: bool = False  # torch.compile each block (benchmarks/bench_mfu.py measures it)
+    activation_checkpointing: bool = False  # recompute each block's activations in backward
 
     @field_validator("loss_weights")
     @classmethod

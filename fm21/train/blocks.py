@@ -1,4 +1,6 @@
-"""Transformer blocks of the 4M trunk: SwiGLU, no biases, pre-LN (apple/ml-4m `fourm/models/fm.py`).
+"""Transformer blocks of the 4M trunk, pre-LN (apple/ml-4m `fourm/models/fm_utils.py`: Block,
+DecoderBlock, Mlp, GatedMlp). 4M-21 uses SwiGLU without biases (``*_swiglu_nobias``); the
+GELU MLP with biases is the reference's other family (``*_gelu``).
 
 Masks follow the mod_dict convention: a boolean tensor where **True means ignored**.
 They are inverted once, right before ``scaled_dot_product_attention`` (where True
@@ -12,9 +14,9 @@ import torch.nn.functional as F
 from torch import nn
 
 
-def layer_norm(dim: int) -> nn.LayerNorm:
-    """LayerNorm without bias, eps 1e-6, as in every 4M ``*_swiglu_nobias`` model."""
-    return nn.LayerNorm(dim, eps=1e-6, bias=False)
+def layer_norm(dim: int, bias: bool = False) -> nn.LayerNorm:
+    """LayerNorm, eps 1e-6; without bias in every 4M ``*_swiglu_nobias`` model."""
+    return nn.LayerNorm(dim, eps=1e-6, bias=bias)
 
 
 def attention_allowed(ignore: torch.Tensor) -> torch.Tensor:
@@ -34,27 +36,45 @@ def attention_allowed(ignore: torch.Tensor) -> torch.Tensor:
 
 
 class SwiGLU(nn.Module):
-    """Gated MLP: ``fc2(silu(fc1 x) * gate x)``, hidden ``int(2/3 * mlp_ratio * dim)``."""
+    """Gated MLP: ``fc2(silu(fc1 x) * gate x)``. The hidden width is the reference's
+    ``int(2 * int(mlp_ratio * dim) / 3)`` (GatedMlp: 2/3 of the plain MLP's, so the three
+    matrices cost what the plain MLP's two do): 2048 at dim 768."""
 
-    def __init__(self, dim: int, mlp_ratio: float) -> None:
+    def __init__(self, dim: int, mlp_ratio: float, bias: bool = False) -> None:
         super().__init__()
-        hidden = int(2 / 3 * mlp_ratio * dim)
-        self.fc1 = nn.Linear(dim, hidden, bias=False)
-        self.gate = nn.Linear(dim, hidden, bias=False)
-        self.fc2 = nn.Linear(hidden, dim, bias=False)
+        hidden = int(2 * int(mlp_ratio * dim) / 3)
+        self.fc1 = nn.Linear(dim, hidden, bias=bias)
+        self.gate = nn.Linear(dim, hidden, bias=bias)
+        self.fc2 = nn.Linear(hidden, dim, bias=bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.fc2(F.silu(self.fc1(x)) * self.gate(x))
 
 
+class GeluMLP(nn.Module):
+    """Plain MLP: ``fc2(gelu(fc1 x))``, hidden ``int(mlp_ratio * dim)`` (the reference's Mlp)."""
+
+    def __init__(self, dim: int, mlp_ratio: float, bias: bool = True) -> None:
+        super().__init__()
+        hidden = int(mlp_ratio * dim)
+        self.fc1 = nn.Linear(dim, hidden, bias=bias)
+        self.fc2 = nn.Linear(hidden, dim, bias=bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(F.gelu(self.fc1(x)))
+
+
+MLPS: dict[str, type[nn.Module]] = {"swiglu": SwiGLU, "gelu": GeluMLP}
+
+
 class SelfAttention(nn.Module):
-    def __init__(self, dim: int, num_heads: int) -> None:
+    def __init__(self, dim: int, num_heads: int, bias: bool = False) -> None:
         super().__init__()
         if dim % num_heads:
             raise ValueError(f"dim {dim} is not divisible by num_heads {num_heads}")
         self.num_heads = num_heads
-        self.qkv = nn.Linear(dim, 3 * dim, bias=False)
-        self.proj = nn.Linear(dim, dim, bias=False)
+        self.qkv = nn.Linear(dim, 3 * dim, bias=bias)
+        self.proj = nn.Linear(dim, dim, bias=bias)
 
     def forward(self, x: torch.Tensor, allowed: torch.Tensor) -> torch.Tensor:
         B, N, D = x.shape
@@ -65,12 +85,12 @@ class SelfAttention(nn.Module):
 
 
 class CrossAttention(nn.Module):
-    def __init__(self, dim: int, num_heads: int) -> None:
+    def __init__(self, dim: int, num_heads: int, bias: bool = False) -> None:
         super().__init__()
         self.num_heads = num_heads
-        self.q = nn.Linear(dim, dim, bias=False)
-        self.kv = nn.Linear(dim, 2 * dim, bias=False)
-        self.proj = nn.Linear(dim, dim, bias=False)
+        self.q = nn.Linear(dim, dim, bias=bias)
+        self.kv = nn.Linear(dim, 2 * dim, bias=bias)
+        self.proj = nn.Linear(dim, dim, bias=bias)
 
     def forward(
         self, x: torch.Tensor, context: torch.Tensor, allowed: torch.Tensor
@@ -85,12 +105,13 @@ class CrossAttention(nn.Module):
 
 
 class EncoderBlock(nn.Module):
-    def __init__(self, dim: int, num_heads: int, mlp_ratio: float) -> None:
+    def __init__(self, dim: int, num_heads: int, mlp_ratio: float, *, mlp: str = "swiglu",
+                 bias: bool = False) -> None:
         super().__init__()
-        self.norm1 = layer_norm(dim)
-        self.attn = SelfAttention(dim, num_heads)
-        self.norm2 = layer_norm(dim)
-        self.mlp = SwiGLU(dim, mlp_ratio)
+        self.norm1 = layer_norm(dim, bias)
+        self.attn = SelfAttention(dim, num_heads, bias)
+        self.norm2 = layer_norm(dim, bias)
+        self.mlp = MLPS[mlp](dim, mlp_ratio, bias)
 
     def forward(self, x: torch.Tensor, allowed: torch.Tensor) -> torch.Tensor:
         x = x + self.attn(self.norm1(x), allowed)
@@ -100,15 +121,16 @@ class EncoderBlock(nn.Module):
 class DecoderBlock(nn.Module):
     """Self-attention, cross-attention (own query and context norms), MLP."""
 
-    def __init__(self, dim: int, num_heads: int, mlp_ratio: float) -> None:
+    def __init__(self, dim: int, num_heads: int, mlp_ratio: float, *, mlp: str = "swiglu",
+                 bias: bool = False) -> None:
         super().__init__()
-        self.norm1 = layer_norm(dim)
-        self.self_attn = SelfAttention(dim, num_heads)
-        self.query_norm = layer_norm(dim)
-        self.context_norm = layer_norm(dim)
-        self.cross_attn = CrossAttention(dim, num_heads)
-        self.norm2 = layer_norm(dim)
-        self.mlp = SwiGLU(dim, mlp_ratio)
+        self.norm1 = layer_norm(dim, bias)
+        self.self_attn = SelfAttention(dim, num_heads, bias)
+        self.query_norm = layer_norm(dim, bias)
+        self.context_norm = layer_norm(dim, bias)
+        self.cross_attn = CrossAttention(dim, num_heads, bias)
+        self.norm2 = layer_norm(dim, bias)
+        self.mlp = MLPS[mlp](dim, mlp_ratio, bias)
 
     def forward(
         self,

@@ -17,6 +17,7 @@ import time
 
 import numpy as np
 import torch
+from torch import nn
 
 from fm21.config import TrainConfig
 from fm21.progress import progress
@@ -26,6 +27,7 @@ from fm21.train.checkpoint import copy_checkpoint, load_checkpoint, load_optimiz
 from fm21.train.loader import LanceTokenDataset, make_loader, row_to_sample
 from fm21.train.masking import UnifiedMasking
 from fm21.train.model import FourM
+from fm21.train.parallelize import apply_parallelisms
 
 log = logging.getLogger("fm21")
 
@@ -38,18 +40,27 @@ def lr_at(step: int, cfg: TrainConfig) -> float:
     return cfg.min_lr + 0.5 * (cfg.lr - cfg.min_lr) * (1 + math.cos(math.pi * min(1.0, progress)))
 
 
-def build_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
-    """AdamW (0.9, 0.95); no weight decay on norms and biases (mod/pos embeddings decay).
+NO_DECAY_MODULES = (nn.LayerNorm, nn.GroupNorm, nn.RMSNorm, nn.modules.batchnorm._BatchNorm)
 
-    Chosen by shape, not name: in FourM the 1-d parameters are exactly the norm weights
-    and biases, while a name test would also catch every ``tok_normal`` parameter.
-    """
-    decay, no_decay = [], []
-    for p in model.parameters():
-        if not p.requires_grad:
-            continue
-        (no_decay if p.ndim <= 1 else decay).append(p)
-    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+def no_decay(module: nn.Module, param_name: str) -> bool:
+    """The reference's rule (apple/ml-4m `fourm/utils/optim_factory.py`, get_parameter_groups:
+    no decay for names with ``norm.``/``.norm`` or ending in ``.bias``), stated on what a
+    parameter is rather than on its path: a normalisation layer's parameters and every
+    bias. Embeddings, mod_emb, mask_token and learned positions decay, as there. A path
+    test would also hit a modality whose name contains "norm" (``normal``), and a shape
+    test any parameter FSDP flattens."""
+    return isinstance(module, NO_DECAY_MODULES) or param_name == "bias"
+
+
+def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
+    """AdamW (0.9, 0.95), eps 1e-8, ``cfg.weight_decay`` except on :func:`no_decay` parameters."""
+    excluded = {id(p) for m in model.modules() for n, p in m.named_parameters(recurse=False) if no_decay(m, n)}
+    decay, skip = [], []
+    for p in model.parameters():  # each tensor once, tied ones included
+        if p.requires_grad:
+            (skip if id(p) in excluded else decay).append(p)
+    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": skip, "weight_decay": 0.0}]
     return torch.optim.AdamW(groups, lr=cfg.lr, betas=(0.9, 0.95), eps=1e-8)
 
 
@@ -199,6 +210,7 @@ def train_worker(cfg: TrainConfig, ctx, par: Alone | None = None) -> dict:
     torch.manual_seed(cfg.seed)
     model = FourM(specs, cfg.model, num_input_tokens=cfg.num_input_tokens, num_target_tokens=cfg.num_target_tokens)
     model.to(device)
+    apply_parallelisms(model, cfg)  # activation checkpointing, compile: per block, from outside (before DDP)
     opt = build_optimizer(model, cfg)
     ckpt_dir = ctx.workdir.checkpoints_dir
     # The run's identity leaves out train.ray: the same run may resume on another cluster size.

@@ -184,6 +184,18 @@ def sequence_units(value: Any, max_tokens: int) -> list[list[int]]:
 
 
 # ------------------------------------------------------------------------------ masking
+def dirichlet_budget(alphas: np.ndarray, total: int, rng: np.random.Generator) -> np.ndarray:
+    """floor(Dirichlet(alphas) * total), the remainder handed out one token at a time to
+    the argmax of fresh draws (so near-zero alphas get nothing); sums to ``total``
+    (apple/ml-4m `fourm/data/masking.py`, input_token_budget)."""
+    budget = np.floor(rng.dirichlet(alphas) * total).astype(np.int64)
+    remainder = int(total - budget.sum())
+    if remainder > 0:
+        winners = rng.dirichlet(alphas, size=remainder).argmax(axis=1)
+        budget += np.bincount(winners, minlength=len(alphas))
+    return budget
+
+
 class UnifiedMasking:
     """Samples budgets from a mixture of Dirichlets and masks every modality of a sample."""
 
@@ -213,6 +225,10 @@ class UnifiedMasking:
         self._rng = np.random.default_rng(seed)
 
     def _alphas(self, component: MixtureComponent, *, target: bool) -> np.ndarray:
+        """Per-modality alphas of a component, clamped to >= 1e-9 as in the reference.
+        Input-only modalities get target alpha 0: the reference draws a target budget for
+        t5_caption too and then drops it (a sample loses those targets); here the other
+        targets share it."""
         if target:
             default = component.default_target_alpha
             alphas = [component.target_alphas.get(n, default) for n in self.names]
@@ -222,29 +238,18 @@ class UnifiedMasking:
             alphas = [component.input_alphas.get(n, default) for n in self.names]
         return np.clip(np.asarray(alphas, dtype=np.float64), 1e-9, None)
 
-    @staticmethod
-    def _dirichlet_budget(alphas: np.ndarray, total: int, rng: np.random.Generator) -> np.ndarray:
-        """floor(Dirichlet * total), the remainder handed out by argmax over extra draws
-        (so near-zero alphas get nothing)."""
-        budget = np.floor(rng.dirichlet(alphas) * total).astype(np.int64)
-        remainder = int(total - budget.sum())
-        if remainder > 0:
-            winners = rng.dirichlet(alphas, size=remainder).argmax(axis=1)
-            budget += np.bincount(winners, minlength=len(alphas))
-        return budget
-
     def sample_budgets(
         self, rng: np.random.Generator
     ) -> tuple[int, dict[str, int], dict[str, int]]:
         """-> (component index, input budget per modality, target budget per modality)."""
         idx = int(rng.choice(len(self.mixture), p=self.weights))
         comp = self.mixture[idx]
-        inp = self._dirichlet_budget(self._alphas(comp, target=False), self.num_input_tokens, rng)
+        inp = dirichlet_budget(self._alphas(comp, target=False), self.num_input_tokens, rng)
         inp = np.minimum(inp, self.max_tokens)
         # grids lose the slots their inputs took; sequences are not reduced (§5.1)
         room = np.where(self.is_grid, self.max_tokens - inp, self.max_tokens)
         room = np.where(self.can_target, room, 0)
-        tgt = self._dirichlet_budget(self._alphas(comp, target=True), self.num_target_tokens, rng)
+        tgt = dirichlet_budget(self._alphas(comp, target=True), self.num_target_tokens, rng)
         tgt = np.minimum(tgt, room)
         return idx, dict(zip(self.names, inp.tolist())), dict(zip(self.names, tgt.tolist()))
 

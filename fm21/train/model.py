@@ -33,6 +33,9 @@ class FourMConfig:
     decoder_depth: int
     num_heads: int
     mlp_ratio: float = 4.0
+    # defaults = the architecture before these fields existed, so older checkpoints load
+    mlp: str = "swiglu"  # "swiglu" | "gelu" (fm21.train.blocks.MLPS)
+    bias: bool = False
     num_input_tokens: int = 256
     num_target_tokens: int = 256
     tie_sequence_logits: bool = True  # to_logits shares the decoder token table (apple/ml-4m `fourm/models/fm.py`)
@@ -85,20 +88,25 @@ class FourM(nn.Module):
         *,
         num_input_tokens: int = 256,
         num_target_tokens: int = 256,
-        tie_sequence_logits: bool = True,
+        tie_sequence_logits: bool | None = None,
     ) -> None:
         """``cfg``: anything with dim, encoder_depth, decoder_depth, num_heads, mlp_ratio
-        (``fm21.config.ModelConfig`` or a :class:`FourMConfig`)."""
+        and optionally mlp, bias, tie_sequence_logits, init values (``fm21.config.ModelConfig``
+        or a :class:`FourMConfig`); ``tie_sequence_logits`` given here wins over cfg's."""
         super().__init__()
         self.specs = dict(specs)
+        if tie_sequence_logits is None:
+            tie_sequence_logits = getattr(cfg, "tie_sequence_logits", True)
         self.config = FourMConfig(
             dim=cfg.dim, encoder_depth=cfg.encoder_depth, decoder_depth=cfg.decoder_depth,
-            num_heads=cfg.num_heads, mlp_ratio=cfg.mlp_ratio, num_input_tokens=num_input_tokens,
+            num_heads=cfg.num_heads, mlp_ratio=cfg.mlp_ratio, mlp=getattr(cfg, "mlp", "swiglu"),
+            bias=getattr(cfg, "bias", False), num_input_tokens=num_input_tokens,
             num_target_tokens=num_target_tokens, tie_sequence_logits=tie_sequence_logits,
             init_std=getattr(cfg, "init_std", 0.02), token_emb_std=getattr(cfg, "token_emb_std", 0.02),
             pos_emb_scale=getattr(cfg, "pos_emb_scale", 1.0), modalities=tuple(self.specs),
         )
         d, c = cfg.dim, self.config
+        block = {"mlp": c.mlp, "bias": c.bias}
         self.encoder_embeddings = nn.ModuleDict(
             {n: ENCODER_EMBEDDINGS[s.kind](s, d) for n, s in self.specs.items()}
         )
@@ -110,14 +118,16 @@ class FourM(nn.Module):
         self.mod_emb = nn.ParameterDict({n: nn.Parameter(torch.zeros(1, 1, d)) for n in self.specs})
         self.mask_token = nn.Parameter(torch.zeros(1, 1, d))
         self.encoder = nn.ModuleList(
-            [EncoderBlock(d, c.num_heads, c.mlp_ratio) for _ in range(c.encoder_depth)]
+            [EncoderBlock(d, c.num_heads, c.mlp_ratio, **block) for _ in range(c.encoder_depth)]
         )
-        self.encoder_norm = layer_norm(d)
-        self.decoder_proj_context = nn.Linear(d, d, bias=False)
+        self.encoder_norm = layer_norm(d, c.bias)
+        # the reference's has a bias in every size; here it follows ``bias`` so that the
+        # 4M-21 (no-bias) trunk keeps the weight layout of earlier checkpoints
+        self.decoder_proj_context = nn.Linear(d, d, bias=c.bias)
         self.decoder = nn.ModuleList(
-            [DecoderBlock(d, c.num_heads, c.mlp_ratio) for _ in range(c.decoder_depth)]
+            [DecoderBlock(d, c.num_heads, c.mlp_ratio, **block) for _ in range(c.decoder_depth)]
         )
-        self.decoder_norm = layer_norm(d)
+        self.decoder_norm = layer_norm(d, c.bias)
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -265,7 +275,15 @@ class FourM(nn.Module):
         return out
 
     def num_parameters(self, *, trunk_only: bool = False) -> int:
+        """All parameters, or the trunk's: see :data:`TRUNK_MODULES`."""
         params = self.parameters() if not trunk_only else (
-            p for n, p in self.named_parameters() if n.startswith(("encoder.", "decoder."))
+            p for n, p in self.named_parameters() if n.split(".", 1)[0] in TRUNK_MODULES
         )
         return sum(p.numel() for p in params)
+
+
+# The transformer trunk: the encoder and decoder blocks, their final norms and the context
+# projection between them. The published sizes (4M-B 198M, -L 705M, -XL 2.8B) are within 1 %
+# of this count and of the blocks' alone (tests/train/test_sizes.py). Not the trunk: per-modality embeddings and heads, mod_emb, mask_token (they grow
+# with the modality set, the trunk does not).
+TRUNK_MODULES = ("encoder", "encoder_norm", "decoder_proj_context", "decoder", "decoder_norm")

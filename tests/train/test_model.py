@@ -131,3 +131,32 @@ def test_model_code_imports_without_ray_prefect_lance():
         "assert not bad, bad\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_registry_embeddings_positions_and_tied_heads():
+    """Every registry modality gets an encoder embedding; only targets get a decoder one
+    (T5 vectors are input-only); global tokens have learned positions, grids fixed sin-cos;
+    sequence heads are tied to the decoder token table unless the config unties them."""
+    import dataclasses
+
+    from fm21.config import ModelConfig
+    from fm21.modalities import MODALITIES, resolve_specs
+    from fm21.train.model import FourM
+
+    specs = resolve_specs(list(MODALITIES), resolution=32, patch_size=8, image_vocab_size=32, text_vocab_size=300,
+                          max_seq_len=8)
+    specs = {n: dataclasses.replace(s, embedding_dim=8) if s.kind == "embedding" else s for n, s in specs.items()}
+    small = {"dim": 32, "encoder_depth": 1, "decoder_depth": 1, "num_heads": 2}
+    tied = FourM(specs, ModelConfig(**small), num_input_tokens=16, num_target_tokens=16)
+    assert set(tied.encoder_embeddings) == set(MODALITIES)
+    assert set(tied.decoder_embeddings) == {n for n, s in specs.items() if s.can_be_target}
+    assert "t5_caption" not in tied.decoder_embeddings and "rgb" not in tied.decoder_embeddings
+    learned = {n for n, p in tied.named_parameters() if n.endswith("positions.pos_emb")}
+    globals_ = {n for n, s in specs.items() if s.kind == "global_tokens"}
+    assert learned == {f"{side}_embeddings.{n}.positions.pos_emb" for n in globals_ for side in ("encoder", "decoder")}
+    assert tied.decoder_embeddings["caption"].to_logits is None  # logits use token_emb.weight
+    untied = FourM(specs, ModelConfig(**small, tie_sequence_logits=False), num_input_tokens=16, num_target_tokens=16)
+    assert untied.config.tie_sequence_logits is False
+    assert untied.decoder_embeddings["caption"].to_logits.weight.shape == (300, 32)
+    vocab_dim = 300 * 32 * sum(s.kind == "sequence" for s in specs.values())
+    assert untied.num_parameters() - tied.num_parameters() == vocab_dim
