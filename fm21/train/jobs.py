@@ -39,10 +39,23 @@ TERMINAL = ("SUCCEEDED", "FAILED", "STOPPED")
 SHARED_ENV = ("AWS_ENDPOINT_URL", "AWS_REGION", "AWS_DEFAULT_REGION", "AWS_ALLOW_HTTP")  # no secrets
 
 
+def auth_headers() -> dict[str, str]:
+    """The bearer token of a cluster run with Ray's token authentication, from where Ray
+    keeps it: ``RAY_AUTH_TOKEN``, the file at ``RAY_AUTH_TOKEN_PATH``, or ``~/.ray/auth_token``
+    (https://docs.ray.io/en/latest/ray-security/token-auth.html). None found: no header."""
+    import os
+
+    token = os.environ.get("RAY_AUTH_TOKEN", "").strip()
+    if not token:
+        path = Path(os.environ.get("RAY_AUTH_TOKEN_PATH") or Path.home() / ".ray" / "auth_token")
+        token = path.read_text().strip() if path.is_file() else ""
+    return {"Authorization": f"Bearer {token}"} if token else {}
+
+
 def client(address: str):
     from ray.job_submission import JobSubmissionClient
 
-    return JobSubmissionClient(address)
+    return JobSubmissionClient(address, headers=auth_headers() or None)
 
 
 def job_config(cfg: FlowConfig) -> FlowConfig:

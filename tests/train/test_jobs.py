@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import secrets
 import socket
 import subprocess
 import sys
@@ -127,13 +128,13 @@ def _free_ports(n: int) -> list[int]:
     return ports
 
 
-def _kill_session(sid: int) -> None:
-    """SIGTERM every process of the head's session (never `ray stop`: it stops every Ray
+def _kill_session(sid: int, sig: int = signal.SIGTERM) -> None:
+    """Signal every process of the head's session (never `ray stop`: it stops every Ray
     on the machine)."""
     for entry in Path("/proc").iterdir():
         try:
             if entry.name.isdigit() and int((entry / "stat").read_text().rsplit(")", 1)[1].split()[3]) == sid:
-                os.kill(int(entry.name), signal.SIGTERM)
+                os.kill(int(entry.name), sig)
         except (OSError, ValueError, IndexError):
             continue
 
@@ -142,12 +143,18 @@ def _kill_session(sid: int) -> None:
 def head(tmp_path_factory):
     """`ray start --head --block` on loopback in a session of its own, with the dashboard."""
     pytest.importorskip("ray.dashboard.optional_deps", reason="the Jobs API needs ray[default] (aiohttp, grpcio, ...)")
+    import urllib.error
     import urllib.request
 
     tmp = tmp_path_factory.mktemp("head")
     gcs, dash, agent = _free_ports(3)
     ray_bin = Path(sys.executable).parent / "ray"
     env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_ADDRESS", "FM21_"))}
+    # Ray's token authentication, as a secured cluster runs it: the head and the client
+    # (fm21 train --address) share the token through RAY_AUTH_TOKEN.
+    env.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=secrets.token_hex(32))
+    # the cluster's Python has fm21's dependencies (the default runtime_env): this venv's
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
     proc = subprocess.Popen([str(ray_bin), "start", "--head", "--block", "--node-ip-address", "127.0.0.1",
                              "--port", str(gcs), "--dashboard-host", "127.0.0.1", "--dashboard-port", str(dash),
                              "--dashboard-agent-listen-port", str(agent), "--num-cpus", "2",
@@ -160,16 +167,22 @@ def head(tmp_path_factory):
             try:
                 urllib.request.urlopen(address + "/api/version", timeout=1)
                 break
+            except urllib.error.HTTPError:  # it answers (401 without the token): up
+                break
             except OSError:
                 assert proc.poll() is None, (tmp / "head.log").read_text()[-3000:]
                 time.sleep(1)
-        yield address
+        yield address, {k: env[k] for k in ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN")}
     finally:
         _kill_session(proc.pid)
-        proc.wait(timeout=30)
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            _kill_session(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=30)
 
 
-def test_a_loopback_head_runs_the_tiny_train_stage(head, tmp_path):
+def test_a_loopback_head_runs_the_tiny_train_stage(head, tmp_path, monkeypatch):
     import lance
 
     from fm21.store.layout import Workdir
@@ -186,8 +199,11 @@ def test_a_loopback_head_runs_the_tiny_train_stage(head, tmp_path):
         "tok_depth": [r.tolist() for r in rng.integers(0, 64, (rows, specs["tok_depth"].num_tokens))],
     }, schema=schema), str(wd.tokens_uri), schema=schema)
     wd.manifest("tokens").write_text(json.dumps({"status": "complete", "fingerprint": "t"}))
-    client = jobs.client(head)
-    job_id = jobs.submit(head, cfg, jobs=client)
+    address, auth = head
+    for name, value in auth.items():
+        monkeypatch.setenv(name, value)
+    client = jobs.client(address)
+    job_id = jobs.submit(address, cfg, jobs=client)
     assert jobs.follow(client, job_id, echo=lambda s: None, poll=1, timeout=300) == "SUCCEEDED", \
         client.get_job_logs(job_id)[-3000:]
     manifest = json.loads(wd.manifest("train").read_text())
