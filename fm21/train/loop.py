@@ -1,8 +1,9 @@
 """The 4M training stage: one readable loop over tokens.lance.
 
 forward -> loss -> backward -> clip -> step -> log, top to bottom. Checkpoints carry the
-model config, modality specs, tokenizer fingerprints and optimizer/step state; a re-run
-resumes from the latest checkpoint when it was made for the same run (fingerprint).
+model config, modality specs, tokenizer fingerprints, optimizer and RNG state; a re-run
+resumes from the checkpoint `checkpoints/LATEST` names when it was made for the same run
+(fingerprint), and follows the loss trajectory of an uninterrupted run (docs/training.md).
 Ray Train wraps this same loop for many GPUs (later issue).
 """
 
@@ -11,7 +12,6 @@ from __future__ import annotations
 import io
 import json
 import logging
-import math
 import time
 
 import numpy as np
@@ -19,9 +19,14 @@ import torch
 
 from fm21.config import TrainConfig
 from fm21.progress import progress
+from fm21.schedules import warmup_cosine
 from fm21.store import fs
 from fm21.store.fs import Location
-from fm21.train.checkpoint import copy_checkpoint, load_checkpoint, load_optimizer_state, save_checkpoint
+from fm21.faults import crash_point
+from fm21.train.checkpoint import (
+    CONFIG_FILE, LEGACY_LATEST, IncompleteCheckpoint, load_checkpoint, load_training_state, publish_latest,
+    resolve_latest, rng_state, save_checkpoint, set_rng_state,
+)
 from fm21.train.loader import LanceTokenDataset, make_loader, row_to_sample
 from fm21.train.masking import UnifiedMasking
 from fm21.train.model import FourM
@@ -30,11 +35,9 @@ log = logging.getLogger("fm21")
 
 
 def lr_at(step: int, cfg: TrainConfig) -> float:
-    """Linear warmup from 0, then cosine decay to min_lr (apple/ml-4m `run_training_4m.py`, `cfgs/default/4m/`)."""
-    if step < cfg.warmup_steps:
-        return cfg.lr * step / max(1, cfg.warmup_steps)
-    progress = (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps)
-    return cfg.min_lr + 0.5 * (cfg.lr - cfg.min_lr) * (1 + math.cos(math.pi * min(1.0, progress)))
+    """Linear warmup from 0, then cosine decay to min_lr (apple/ml-4m `run_training_4m.py`, `cfgs/default/4m/`):
+    the project's one schedule, ``fm21.schedules.warmup_cosine``."""
+    return warmup_cosine(step, steps=cfg.steps, peak=cfg.lr, warmup=cfg.warmup_steps, floor=cfg.min_lr)
 
 
 def build_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
@@ -63,20 +66,53 @@ def _masking(cfg: TrainConfig, specs, seed: int) -> UnifiedMasking:
                           mixture=list(cfg.mixture), seed=seed)
 
 
-def _resume(ckpt_dir: Location, run_fp: str, model: FourM, opt: torch.optim.Optimizer, *, steps: int) -> int:
-    """Continue an unfinished run of the same configuration; anything else starts fresh."""
-    latest = ckpt_dir / "latest"
-    if not (latest / "config.json").exists():
+def _resume(ckpt_dir: Location, run_fp: str, model: FourM, opt: torch.optim.Optimizer, *, steps: int,
+            loader_layout: dict) -> int:
+    """Continue an unfinished run of the same configuration from its latest checkpoint:
+    weights, optimizer moments, RNG states; the data stream is a function of the step
+    (``LanceTokenDataset``). Anything else starts fresh. An incomplete checkpoint of this
+    run is an error, not a silent fresh start or a resume without optimizer state."""
+    latest = resolve_latest(ckpt_dir)
+    if latest is None:
         return 0
-    meta = json.loads((latest / "config.json").read_text())
-    if meta.get("extra", {}).get("run_fingerprint") != run_fp or int(meta["step"]) >= steps:
+    meta = json.loads((latest / CONFIG_FILE).read_text()) if (latest / CONFIG_FILE).exists() else {}
+    if meta.get("extra", {}).get("run_fingerprint") != run_fp or int(meta.get("step", steps)) >= steps:
         log.info("train: checkpoint in %s is from another or a finished run; starting fresh", ckpt_dir)
         return 0
-    loaded, meta = load_checkpoint(latest)
-    model.load_state_dict(loaded.state_dict())
-    load_optimizer_state(latest, opt)
+    try:
+        loaded, meta = load_checkpoint(latest)
+        model.load_state_dict(loaded.state_dict())
+        state = load_training_state(latest, opt)
+    except IncompleteCheckpoint as err:
+        raise IncompleteCheckpoint(f"{err}; delete {ckpt_dir} to train from scratch") from err
+    set_rng_state(state["rng"])
+    if state.get("loader") != loader_layout:
+        log.warning("train: the data loader layout changed since the checkpoint (%s -> %s): the resumed run "
+                    "sees other batches than an uninterrupted one", state.get("loader"), loader_layout)
     log.info("train: resumed from step %d", meta["step"])
     return int(meta["step"])
+
+
+def _train_dataset(cfg: TrainConfig, uri, specs, *, rank: int = 0, world_size: int = 1) -> LanceTokenDataset:
+    """The training split as a stream of batches that is a pure function of (seed, step)."""
+    return LanceTokenDataset(uri, specs, _masking(cfg, specs, cfg.seed), batch_size=cfg.batch_size, seed=cfg.seed,
+                             rank=rank, world_size=world_size, num_streams=max(1, cfg.num_workers))
+
+
+def _batches_from(dataset: LanceTokenDataset, start: int, cfg: TrainConfig):
+    """An iterator over the batches of steps ``start``, ``start + 1``, ..."""
+    dataset.start_step = start
+    return iter(make_loader(dataset, num_workers=cfg.num_workers))
+
+
+def _trim_history(path: Location, start: int) -> None:
+    """Keep the records of steps before ``start``: a run killed after logging a step but
+    before checkpointing it logs that step again when resumed."""
+    if start == 0 or not path.exists():
+        path.unlink(missing_ok=True)
+        return
+    lines = [line for line in path.read_text().splitlines() if line and json.loads(line)["step"] < start]
+    fs.write_atomic(path, "".join(line + "\n" for line in lines))
 
 
 def _to_device(mod_dict: dict, device: str) -> dict:
@@ -126,14 +162,13 @@ def run_train(cfg: TrainConfig, ctx) -> dict:
     ckpt_dir = ctx.workdir.checkpoints_dir
     run_fp = fingerprint_of({"train": cfg.model_dump(mode="json"),
                              "tokens": (read_manifest(ctx.workdir.manifest("tokens")) or {}).get("fingerprint")})
-    start = _resume(ckpt_dir, run_fp, model, opt, steps=cfg.steps)
-    dataset = LanceTokenDataset(uri, specs, _masking(cfg, specs, cfg.seed), seed=cfg.seed + start)
-    batches = iter(make_loader(dataset, batch_size=cfg.batch_size, num_workers=cfg.num_workers))
+    dataset = _train_dataset(cfg, uri, specs)
+    start = _resume(ckpt_dir, run_fp, model, opt, steps=cfg.steps, loader_layout=dataset.layout())
+    batches = _batches_from(dataset, start, cfg)
     val_batches = validation_batches(uri, specs, _masking(cfg, specs, cfg.seed), cfg)
     extra = {"run_fingerprint": run_fp, "tokenizers": store_meta["tokenizers"], "train": cfg.model_dump(mode="json")}
     history_path = ctx.workdir.stage_dir("train") / "history.jsonl"
-    if start == 0:
-        history_path.unlink(missing_ok=True)
+    _trim_history(history_path, start)
     t0, tokens_seen = time.time(), 0
     model.train()
     with progress("train", total=cfg.steps - start, unit="step") as advance:
@@ -159,8 +194,9 @@ def run_train(cfg: TrainConfig, ctx) -> dict:
                 _append(history_path, record)
                 log.info("train: step %d loss %.4f%s lr %.2e", step, record["loss"],
                          f" val {record['val_loss']:.4f}" if "val_loss" in record else "", record["lr"])
+            crash_point("train.after_step")  # a kill here: stepped and logged, not checkpointed
             if (step + 1) % cfg.checkpoint_every == 0 or step == cfg.steps - 1:
-                _checkpoint(ckpt_dir, model, opt, step + 1, extra)
+                _checkpoint(ckpt_dir, model, opt, step + 1, extra, loader_layout=dataset.layout())
             advance(1)
     seconds = time.time() - t0
     history = [json.loads(line) for line in history_path.read_text().splitlines()] if history_path.exists() else []
@@ -181,11 +217,15 @@ def _append(path: Location, record: dict) -> None:
     fs.append_text(path, json.dumps(record) + "\n")
 
 
-def _checkpoint(ckpt_dir: Location, model, opt, step: int, extra: dict) -> None:
-    """Write step-N, then make `latest` a full copy of it (its config.json copied last)."""
+def _checkpoint(ckpt_dir: Location, model, opt, step: int, extra: dict, *, loader_layout: dict) -> None:
+    """Write step-N completely (config.json last), then point `LATEST` at it (one atomic write)."""
     target = ckpt_dir / f"step-{step:07d}"
-    save_checkpoint(target, model=model, step=step, optimizer=opt, extra=extra)
-    copy_checkpoint(target, ckpt_dir / "latest")
+    trainer_state = {"step": step, "rng": rng_state(), "loader": loader_layout}
+    save_checkpoint(target, model=model, step=step, optimizer=opt, trainer_state=trainer_state, extra=extra)
+    crash_point("train.before_latest")
+    publish_latest(target)
+    if (ckpt_dir / LEGACY_LATEST).exists():  # an older run's copy: LATEST is the one truth now
+        fs.remove_tree(ckpt_dir / LEGACY_LATEST)
 
 
 def plot_losses(history: list[dict], path: Location) -> None:
