@@ -75,7 +75,10 @@ def _resume(ckpt_dir: Location, run_fp: str, model: FourM, opt: torch.optim.Opti
     latest = resolve_latest(ckpt_dir)
     if latest is None:
         return 0
-    meta = json.loads((latest / CONFIG_FILE).read_text()) if (latest / CONFIG_FILE).exists() else {}
+    if not (latest / CONFIG_FILE).exists():  # LATEST is moved only after config.json: damaged by hand
+        raise IncompleteCheckpoint(f"{latest}: named by LATEST but has no {CONFIG_FILE}; "
+                                   f"delete {ckpt_dir} to train from scratch")
+    meta = json.loads((latest / CONFIG_FILE).read_text())
     if meta.get("extra", {}).get("run_fingerprint") != run_fp or int(meta.get("step", steps)) >= steps:
         log.info("train: checkpoint in %s is from another or a finished run; starting fresh", ckpt_dir)
         return 0
