@@ -6,8 +6,9 @@ column, beside the raw size of the same values as numpy arrays: int16 token grid
 (N x 2 bytes), int32 sequences (values x 4 bytes, no offsets), uint8 pixels (R x R x 3).
 Rows of tokens.lance are (sample, crop) pairs; the figures are per row.
 
-Throughput: one split read fragment by fragment exactly as ``LanceTokenDataset`` reads it
-(``fragment.to_table(columns=["key", "crop", *modalities], filter="split = ...")``), timed
+Throughput: one split read fragment by fragment with the loader's column projection
+(``fragment.to_table(columns=["key", "crop", *modalities], filter="split = ...")``; the
+``LanceTokenDataset`` reads ``key``/``crop`` first and then ``take``s one crop per key), timed
 at three depths: Arrow tables only; + ``table_rows`` (row dicts); + ``row_to_sample``
 (the per-sample arrays masking receives). Masking and collation are not included.
 

@@ -11,6 +11,7 @@ import pytest
 from fm21.config import load_config
 from fm21.pipelines.flows import run_flow
 from fm21.store.layout import STAGES, Workdir
+from fm21.train.checkpoint import resolve_latest
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -44,7 +45,7 @@ def test_every_stage_ran_and_wrote_its_store(pipeline):
         assert (folder / "model.safetensors").exists() and (folder / "recon.png").exists()
         assert "codebook_usage" in json.loads((folder / "metrics.json").read_text())
     assert (wd.tokenizers_dir / "text" / "tokenizer.json").exists()
-    assert (wd.checkpoints_dir / "latest" / "model.safetensors").exists()
+    assert (resolve_latest(wd.checkpoints_dir) / "model.safetensors").exists()
     assert (wd.stage_dir("train") / "loss.png").exists()
     history = [json.loads(line) for line in (wd.stage_dir("train") / "history.jsonl").read_text().splitlines()]
     validated = [h for h in history if "val_loss" in h]

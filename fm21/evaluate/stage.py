@@ -31,7 +31,7 @@ from fm21.progress import tracked
 from fm21.store import labels as label_store
 from fm21.tokenize.crops import Crop, apply_crop
 from fm21.tokenize.preprocess import PREPROCESSORS
-from fm21.train.checkpoint import load_checkpoint
+from fm21.train.checkpoint import load_latest
 from fm21.train.loader import read_split, row_to_sample
 
 log = logging.getLogger("fm21")
@@ -127,7 +127,7 @@ def run_evaluate(cfg: EvaluateConfig, ctx) -> dict:
     from fm21.tokenize.checkpoint import load_tokenizer
 
     torch.manual_seed(cfg.seed)
-    model, meta = load_checkpoint(ctx.workdir.checkpoints_dir / "latest")
+    model, meta = load_latest(ctx.workdir.checkpoints_dir)
     model.eval()
     targets = evaluable_targets(model.specs)
     tasks = [t for t in cfg.tasks if t in targets]

@@ -42,10 +42,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from fm21.modalities import ModalitySpec
+from fm21.schedules import warmup_cosine
 from fm21.tokenize.image_tokenizer import ImageTokenizer
 from fm21.tokenize.preprocess import PREPROCESSORS, DepthPreprocessor, EdgePreprocessor, Preprocessor
 from fm21.tokenize.quantizer import LucidQuantizer, codebook_stats
-from fm21.tokenize.train_vq import _augment, lr_at, save_recon_grid
+from fm21.tokenize.train_vq import _augment, save_recon_grid
 from fm21.tokenize.vqvae import TRUNKS, PostMLP, _groups, _norm
 
 FAMILY = "divae"
@@ -281,7 +282,7 @@ def _train_loop(tok: DiVAE, x_train: torch.Tensor, opts: dict[str, Any], *, seed
     tok.train()
     for step in range(steps):
         for group in opt.param_groups:
-            group["lr"] = lr_at(step, steps=steps, base_lr=base_lr, warmup=max(1, steps // 20))
+            group["lr"] = warmup_cosine(step, steps=steps, peak=base_lr, warmup=max(1, steps // 20))
         idx = torch.randperm(len(x_train), generator=gen)[:batch]
         x = _augment(tok, x_train[idx], gen)  # (b, C, R, R), random hflip
         noise = torch.randn(x.shape, generator=gen)

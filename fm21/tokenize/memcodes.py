@@ -34,9 +34,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from fm21.modalities import ModalitySpec
+from fm21.schedules import warmup_cosine
 from fm21.store import fs
 from fm21.tokenize.quantizer import codebook_stats
-from fm21.tokenize.train_vq import lr_at
 
 FAMILY = "memcodes"
 POSE_FIELDS = {"human_poses": "body_pose"}  # label column -> struct field holding the SMPL body pose
@@ -339,7 +339,7 @@ def _train_loop(tok: MemcodesTokenizer, x: torch.Tensor, *, seed: int) -> list[f
     tok.train()
     for step in range(c.steps):
         for group in opt.param_groups:
-            group["lr"] = lr_at(step, steps=c.steps, base_lr=c.lr, warmup=warmup)
+            group["lr"] = warmup_cosine(step, steps=c.steps, peak=c.lr, warmup=warmup)
         xb = x[torch.randperm(len(x), generator=gen)[:batch].to(x.device)]  # (b, C)
         recon, _ = tok(xb)
         loss = tok.loss(recon, xb)

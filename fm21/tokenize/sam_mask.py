@@ -26,10 +26,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from fm21.modalities import ModalitySpec
+from fm21.schedules import warmup_cosine
 from fm21.tokenize.crops import Crop
 from fm21.tokenize.instances import MASK_SIZE, box_crops, crop_instances, mask_iou, paste_masks
 from fm21.tokenize.quantizer import LucidQuantizer, codebook_stats
-from fm21.tokenize.train_vq import lr_at
 from fm21.tokenize.vqvae import ConvDecoder, ConvEncoder, PostMLP, _norm
 
 FAMILY = "sam_mask"
@@ -206,7 +206,7 @@ def _train_loop(tok: SamMaskTokenizer, x: torch.Tensor, *, seed: int) -> list[fl
     tok.train()
     for step in range(cfg.steps):
         for group in opt.param_groups:
-            group["lr"] = lr_at(step, steps=cfg.steps, base_lr=cfg.lr, warmup=warmup)
+            group["lr"] = warmup_cosine(step, steps=cfg.steps, peak=cfg.lr, warmup=warmup)
         xb = x[torch.randperm(len(x), generator=gen)[:batch]]  # (b, 1, M, M) in {-1, 1}
         flip = torch.rand(len(xb), generator=gen) < 0.5
         xb = torch.where(flip[:, None, None, None], xb.flip(-1), xb)

@@ -7,7 +7,6 @@ warmup, apple/ml-4m `fourm/vq/`, `cfgs/default/tokenization/`). Deterministic fo
 
 from __future__ import annotations
 
-import math
 import time
 from pathlib import Path
 from typing import Any
@@ -17,18 +16,11 @@ import torch
 
 from fm21.config import VQTokenizerConfig
 from fm21.modalities import ModalitySpec
+from fm21.schedules import warmup_cosine
 from fm21.tokenize.grid import labels_to_rgb, save_grid
 from fm21.tokenize.image_tokenizer import ImageTokenizer, TokenizerConfig
 from fm21.tokenize.quantizer import codebook_stats
 from fm21.tokenize.vqvae import build
-
-
-def lr_at(step: int, *, steps: int, base_lr: float, warmup: int) -> float:
-    """Linear warmup from ~0 to ``base_lr``, then cosine decay to 0 at ``steps``."""
-    if step < warmup:
-        return base_lr * (step + 1) / warmup
-    progress = (step - warmup) / max(steps - warmup, 1)
-    return 0.5 * base_lr * (1.0 + math.cos(math.pi * progress))
 
 
 def _augment(tok: ImageTokenizer, x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
@@ -79,7 +71,7 @@ def _train_loop(
     tok.train()
     for step in range(cfg.steps):
         for group in opt.param_groups:
-            group["lr"] = lr_at(step, steps=cfg.steps, base_lr=cfg.lr, warmup=warmup)
+            group["lr"] = warmup_cosine(step, steps=cfg.steps, peak=cfg.lr, warmup=warmup)
         idx = torch.randperm(len(x_train), generator=gen)[:batch]
         x = _augment(tok, x_train[idx], gen)  # (b, C, R, R) float, or (b, R, R) class ids
         recon, _, commit = tok(x)

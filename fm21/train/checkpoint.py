@@ -1,14 +1,26 @@
-"""Self-describing 4M checkpoints: ``model.safetensors`` + ``config.json`` (+ ``optimizer.pt``).
+"""Self-describing 4M checkpoints and the ``LATEST`` pointer of a checkpoints folder.
 
-``config.json`` holds everything needed to rebuild the model without flags: the model
-config (sizes, token budgets, the modality set), every modality spec as a dict, the
-step, and whatever the caller adds under ``extra`` (tokenizer fingerprints, tags such
-as specialists run with random weights, the run fingerprint).
+A checkpoint is a folder: ``model.safetensors``, optionally ``optimizer.pt`` and
+``trainer.pt`` (RNG states and the data-stream layout: what an exact resume needs), and
+``config.json``. ``config.json`` holds everything needed to rebuild the model without
+flags: the model config (sizes, token budgets, the modality set), every modality spec
+as a dict, the step, whatever the caller adds under ``extra`` (tokenizer fingerprints,
+tags such as specialists run with random weights, the run fingerprint), and the name and
+size of every other file of the checkpoint.
+
+Completeness. ``config.json`` is removed first and written last, so its presence marks a
+complete checkpoint; a checkpoint whose ``config.json`` lists a file that is missing or
+has another size (a folder copied or pruned by hand, a store that lost an object) is
+refused with :class:`IncompleteCheckpoint` naming the file, by both :func:`load_checkpoint`
+and :func:`load_training_state`.
+
+``checkpoints/LATEST`` names the newest complete step folder. It is written with
+``fs.write_atomic`` after that folder's ``config.json`` (a rename locally, one PUT on S3),
+so a reader sees the previous or the new checkpoint, never a mix. :func:`resolve_latest`
+is the one way to find it; it still reads the ``latest/`` folder older runs copied.
 
 The folder may be local or under a URI (an ``s3://`` workdir): every file is written and
-read as bytes through ``fm21.store.fs`` (safetensors and torch serialise to memory; a 4M
-checkpoint fits in memory, since the model does). ``config.json`` is written last and
-removed first, so its presence marks a complete checkpoint on both.
+read as bytes through ``fm21.store.fs`` (a 4M checkpoint fits in memory, since the model does).
 """
 
 from __future__ import annotations
@@ -16,11 +28,14 @@ from __future__ import annotations
 import dataclasses
 import io
 import json
+import random
 from typing import Any
 
+import numpy as np
 import torch
 from safetensors.torch import load, save
 
+from fm21.faults import crash_point
 from fm21.modalities import ModalitySpec
 from fm21.store import fs
 from fm21.store.fs import Location, as_location
@@ -30,6 +45,13 @@ FORMAT = "fm21.fourm/1"
 WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
 OPTIMIZER_FILE = "optimizer.pt"
+TRAINER_FILE = "trainer.pt"
+LATEST_FILE = "LATEST"
+LEGACY_LATEST = "latest"  # the folder copy older runs kept beside the step folders
+
+
+class IncompleteCheckpoint(RuntimeError):
+    """A checkpoint folder that lacks a file its config.json lists (or has it truncated)."""
 
 
 def spec_to_dict(spec: ModalitySpec) -> dict[str, Any]:
@@ -44,53 +66,72 @@ def spec_from_dict(data: dict[str, Any]) -> ModalitySpec:
     return ModalitySpec(**{**data, "label_columns": tuple(data.get("label_columns", ()))})
 
 
+def _torch_bytes(obj: Any) -> bytes:
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    return buf.getvalue()
+
+
 def save_checkpoint(
     directory: Location | str,
     *,
     model: FourM,
     step: int,
     optimizer: torch.optim.Optimizer | None = None,
+    trainer_state: dict[str, Any] | None = None,
     extra: dict[str, Any] | None = None,
 ) -> None:
-    """Write weights, config and (optionally) optimizer state into ``directory``."""
+    """Write weights, optimizer and trainer state, then ``config.json`` listing them."""
     directory = as_location(directory)
     directory.mkdir(parents=True, exist_ok=True)
     (directory / CONFIG_FILE).unlink(missing_ok=True)  # incomplete until config.json is back
     state = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
-    fs.write_atomic(directory / WEIGHTS_FILE, save(state, metadata={"format": FORMAT, "step": str(step)}))
+    files = {WEIGHTS_FILE: save(state, metadata={"format": FORMAT, "step": str(step)})}
+    if optimizer is not None:
+        files[OPTIMIZER_FILE] = _torch_bytes(optimizer.state_dict())
+    if trainer_state is not None:
+        files[TRAINER_FILE] = _torch_bytes(trainer_state)
+    for name, data in files.items():
+        fs.write_atomic(directory / name, data)
+        crash_point("train.checkpoint_write")  # a kill here leaves a folder without config.json
     config = {
         "format": FORMAT,
         "step": int(step),
         "model": model.config.to_dict(),
         "specs": {name: spec_to_dict(spec) for name, spec in model.specs.items()},
         "num_parameters": model.num_parameters(),
+        "files": {name: len(data) for name, data in files.items()},
         "extra": extra or {},
     }
-    if optimizer is not None:
-        buf = io.BytesIO()
-        torch.save(optimizer.state_dict(), buf)
-        fs.write_atomic(directory / OPTIMIZER_FILE, buf.getvalue())
-    # config.json last: its presence marks completeness
-    fs.write_atomic(directory / CONFIG_FILE, json.dumps(config, indent=2, sort_keys=False))
-
-
-def copy_checkpoint(src: Location, dst: Location) -> None:
-    """``dst`` becomes a copy of the checkpoint ``src`` (server-side on an object store);
-    ``dst/config.json`` is removed first and copied last, so ``dst`` is never a mix."""
-    (dst / CONFIG_FILE).unlink(missing_ok=True)
-    if dst.exists():
-        fs.remove_tree(dst)
-    names = [n for n in fs.list_names(src) if n != CONFIG_FILE]
-    for name in [*names, CONFIG_FILE]:
-        fs.copy_file(src / name, dst / name)
+    fs.write_atomic(directory / CONFIG_FILE, json.dumps(config, indent=2, sort_keys=False))  # last: complete
 
 
 def read_checkpoint_config(directory: Location | str) -> dict[str, Any]:
-    path = as_location(directory) / CONFIG_FILE
+    """``config.json`` of a checkpoint, after checking every file it lists is there, whole."""
+    directory = as_location(directory)
+    path = directory / CONFIG_FILE
+    if not path.exists():
+        raise IncompleteCheckpoint(f"{directory}: no {CONFIG_FILE}, not a complete checkpoint")
     config = json.loads(path.read_text())
     if config.get("format") != FORMAT:
         raise ValueError(f"{path}: not an fm21 4M checkpoint (format {config.get('format')!r})")
+    # Checkpoints written before the file list had weights and optimizer only.
+    for name, size in config.get("files", {WEIGHTS_FILE: None}).items():
+        found = _file_size(directory / name)
+        if found is None:
+            raise IncompleteCheckpoint(f"{directory}: checkpoint is incomplete, {name} is missing")
+        if size is not None and found != size:
+            raise IncompleteCheckpoint(f"{directory}: checkpoint is incomplete, {name} has {found} bytes, not {size}")
     return config
+
+
+def _file_size(location: Location) -> int | None:
+    """Bytes of a file from its metadata (no read: weights may be large and remote); None if absent."""
+    import pyarrow.fs as pafs
+
+    filesystem, path = fs.filesystem(location)
+    info = filesystem.get_file_info(path)
+    return info.size if info.type == pafs.FileType.File else None
 
 
 def build_model(config: dict[str, Any]) -> FourM:
@@ -114,13 +155,62 @@ def load_checkpoint(directory: Location | str, *, map_location: str = "cpu") -> 
     return model.to(map_location), config
 
 
-def load_optimizer_state(
+def load_training_state(
     directory: Location | str, optimizer: torch.optim.Optimizer, *, map_location: str = "cpu"
-) -> bool:
-    """Load ``optimizer.pt`` into ``optimizer`` if the checkpoint has one; True if it did."""
-    path = as_location(directory) / OPTIMIZER_FILE
-    if not path.exists():
-        return False
-    data = io.BytesIO(fs.read_bytes(path))
+) -> dict[str, Any]:
+    """Load ``optimizer.pt`` into ``optimizer`` and return ``trainer.pt``'s dict.
+
+    Both are required: resuming without optimizer moments or RNG states would silently
+    change the run, so a checkpoint without them is an :class:`IncompleteCheckpoint`."""
+    directory = as_location(directory)
+    config = read_checkpoint_config(directory)
+    for name in (OPTIMIZER_FILE, TRAINER_FILE):
+        if name not in config.get("files", {}):
+            raise IncompleteCheckpoint(f"{directory}: cannot resume from it, it has no {name}")
+    data = io.BytesIO(fs.read_bytes(directory / OPTIMIZER_FILE))
     optimizer.load_state_dict(torch.load(data, map_location=map_location, weights_only=True))
-    return True
+    return torch.load(io.BytesIO(fs.read_bytes(directory / TRAINER_FILE)), weights_only=True)
+
+
+# ------------------------------------------------------------------------------ RNG state
+def rng_state() -> dict[str, Any]:
+    """torch, numpy and Python global RNG states, in types ``torch.load(weights_only=True)`` reads."""
+    np_state = np.random.get_state(legacy=False)
+    return {
+        "torch": torch.get_rng_state(),
+        "numpy": {**np_state, "state": {"key": np_state["state"]["key"].tolist(), "pos": np_state["state"]["pos"]}},
+        "python": list(random.getstate()[1]),
+    }
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    np_state = state["numpy"]
+    np.random.set_state({**np_state, "state": {"key": np.array(np_state["state"]["key"], dtype=np.uint32),
+                                                "pos": np_state["state"]["pos"]}})
+    random.setstate((3, tuple(state["python"]), None))
+
+
+# ------------------------------------------------------------------------------ LATEST
+def publish_latest(checkpoint: Location) -> None:
+    """Point ``<checkpoints>/LATEST`` at the complete checkpoint folder ``checkpoint``."""
+    read_checkpoint_config(checkpoint)  # never point at an incomplete folder
+    fs.write_atomic(checkpoint.parent / LATEST_FILE, checkpoint.name + "\n")
+
+
+def resolve_latest(ckpt_dir: Location | str) -> Location | None:
+    """The checkpoint ``LATEST`` names (or an older run's ``latest/`` copy); None if neither."""
+    ckpt_dir = as_location(ckpt_dir)
+    pointer = ckpt_dir / LATEST_FILE
+    if pointer.exists():
+        return ckpt_dir / pointer.read_text().strip()
+    legacy = ckpt_dir / LEGACY_LATEST
+    return legacy if (legacy / CONFIG_FILE).exists() else None
+
+
+def load_latest(ckpt_dir: Location | str, *, map_location: str = "cpu") -> tuple[FourM, dict[str, Any]]:
+    """:func:`load_checkpoint` of the latest checkpoint; a clear error when there is none."""
+    latest = resolve_latest(ckpt_dir)
+    if latest is None:
+        raise FileNotFoundError(f"{ckpt_dir}: no checkpoint ({LATEST_FILE} missing); run the train stage first")
+    return load_checkpoint(latest, map_location=map_location)

@@ -10,7 +10,7 @@ The fm21 checkpoint in the workdir is the one copy of the weights. Ray Train is 
 each one by a small pointer checkpoint (``fm21.json``: the step and where it is) under
 ``<workdir>/train/ray``, so its run state names the last checkpoint without copying the
 weights. When a worker dies, ``FailureConfig(max_failures)`` restarts the worker group and
-every rank resumes from the workdir's ``latest`` (the run fingerprint ignores ``train.ray``,
+every rank resumes from the checkpoint the workdir's ``LATEST`` names (the run fingerprint ignores ``train.ray``,
 so a run may also resume on another number of workers).
 """
 
@@ -135,13 +135,14 @@ class RayRank(Alone):
         return values / self.world_size
 
     # ------------------------------------------------------------------ checkpoints
-    def save(self, ckpt_dir: Location, model, opt, step: int, extra: dict) -> None:
+    def save(self, ckpt_dir: Location, model, opt, step: int, extra: dict, *, loader_layout: dict) -> None:
         import torch.distributed as dist
 
         if self.fsdp:
-            _fsdp_save(self.cfg, self.rank, ckpt_dir, model, opt, step, extra)  # collective
+            _fsdp_save(self.cfg, self.rank, ckpt_dir, model, opt, step, extra, loader_layout)  # collective
         elif self.rank == 0:
-            _checkpoint(ckpt_dir, getattr(model, "module", model), opt, step, extra)  # 1 worker: no DDP
+            _checkpoint(ckpt_dir, getattr(model, "module", model), opt, step, extra,
+                        loader_layout=loader_layout)  # 1 worker: no DDP
         dist.barrier()  # no rank runs ahead of a checkpoint that a restart would read
 
     def report(self, step: int, record: dict | None, checkpoint: Location | None) -> None:
@@ -198,7 +199,8 @@ def _fsdp_wrap(model, opt, device: torch.device):
     return sharded, new_opt
 
 
-def _fsdp_save(cfg: TrainConfig, rank: int, ckpt_dir: Location, model, opt, step: int, extra: dict) -> None:
+def _fsdp_save(cfg: TrainConfig, rank: int, ckpt_dir: Location, model, opt, step: int, extra: dict,
+               loader_layout: dict) -> None:
     """Gather the full weights and optimizer state (every rank), then rank 0 writes them as
     an ordinary fm21 checkpoint, so that resume, evaluation and 1-process runs read it."""
     from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model_state_dict,
@@ -217,7 +219,7 @@ def _fsdp_save(cfg: TrainConfig, rank: int, ckpt_dir: Location, model, opt, step
     replica.load_state_dict(weights)
     plain = build_optimizer(replica, cfg)
     set_optimizer_state_dict(replica, plain, optim, options=StateDictOptions(full_state_dict=True))
-    _checkpoint(ckpt_dir, replica, plain, step, extra)
+    _checkpoint(ckpt_dir, replica, plain, step, extra, loader_layout=loader_layout)
 
 
 # ---------------------------------------------------------------------- fault injection

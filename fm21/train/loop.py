@@ -1,8 +1,9 @@
 """The 4M training stage: one readable loop over tokens.lance.
 
 forward -> loss -> backward -> clip -> step -> log, top to bottom. Checkpoints carry the
-model config, modality specs, tokenizer fingerprints and optimizer/step state; a re-run
-resumes from the latest checkpoint when it was made for the same run (fingerprint).
+model config, modality specs, tokenizer fingerprints, optimizer and RNG state; a re-run
+resumes from the checkpoint `checkpoints/LATEST` names when it was made for the same run
+(fingerprint), and follows the loss trajectory of an uninterrupted run (docs/training.md).
 Ray Train runs this same loop on many workers (``fm21.train.distributed``): `train_worker`
 is one rank, and one process is rank 0 of 1.
 """
@@ -12,7 +13,6 @@ from __future__ import annotations
 import io
 import json
 import logging
-import math
 import time
 
 import numpy as np
@@ -21,9 +21,14 @@ from torch import nn
 
 from fm21.config import TrainConfig
 from fm21.progress import progress
+from fm21.schedules import warmup_cosine
 from fm21.store import fs
 from fm21.store.fs import Location
-from fm21.train.checkpoint import copy_checkpoint, load_checkpoint, load_optimizer_state, save_checkpoint
+from fm21.faults import crash_point
+from fm21.train.checkpoint import (
+    CONFIG_FILE, LEGACY_LATEST, IncompleteCheckpoint, load_checkpoint, load_training_state, publish_latest,
+    resolve_latest, rng_state, save_checkpoint, set_rng_state,
+)
 from fm21.train.loader import LanceTokenDataset, make_loader, row_to_sample
 from fm21.train.masking import UnifiedMasking
 from fm21.train.model import FourM
@@ -33,11 +38,9 @@ log = logging.getLogger("fm21")
 
 
 def lr_at(step: int, cfg: TrainConfig) -> float:
-    """Linear warmup from 0, then cosine decay to min_lr (apple/ml-4m `run_training_4m.py`, `cfgs/default/4m/`)."""
-    if step < cfg.warmup_steps:
-        return cfg.lr * step / max(1, cfg.warmup_steps)
-    progress = (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps)
-    return cfg.min_lr + 0.5 * (cfg.lr - cfg.min_lr) * (1 + math.cos(math.pi * min(1.0, progress)))
+    """Linear warmup from 0, then cosine decay to min_lr (apple/ml-4m `run_training_4m.py`, `cfgs/default/4m/`):
+    the project's one schedule, ``fm21.schedules.warmup_cosine``."""
+    return warmup_cosine(step, steps=cfg.steps, peak=cfg.lr, warmup=cfg.warmup_steps, floor=cfg.min_lr)
 
 
 NO_DECAY_MODULES = (nn.LayerNorm, nn.GroupNorm, nn.RMSNorm, nn.modules.batchnorm._BatchNorm)
@@ -75,18 +78,32 @@ def _masking(cfg: TrainConfig, specs, seed: int) -> UnifiedMasking:
                           mixture=list(cfg.mixture), seed=seed)
 
 
-def _resume(ckpt_dir: Location, run_fp: str, model: FourM, opt: torch.optim.Optimizer, *, steps: int) -> int:
-    """Continue an unfinished run of the same configuration; anything else starts fresh."""
-    latest = ckpt_dir / "latest"
-    if not (latest / "config.json").exists():
+def _resume(ckpt_dir: Location, run_fp: str, model: FourM, opt: torch.optim.Optimizer, *, steps: int,
+            loader_layout: dict) -> int:
+    """Continue an unfinished run of the same configuration from its latest checkpoint:
+    weights, optimizer moments, RNG states; the data stream is a function of the step
+    (``LanceTokenDataset``). Anything else starts fresh. An incomplete checkpoint of this
+    run is an error, not a silent fresh start or a resume without optimizer state."""
+    latest = resolve_latest(ckpt_dir)
+    if latest is None:
         return 0
-    meta = json.loads((latest / "config.json").read_text())
-    if meta.get("extra", {}).get("run_fingerprint") != run_fp or int(meta["step"]) >= steps:
+    if not (latest / CONFIG_FILE).exists():  # LATEST is moved only after config.json: damaged by hand
+        raise IncompleteCheckpoint(f"{latest}: named by LATEST but has no {CONFIG_FILE}; "
+                                   f"delete {ckpt_dir} to train from scratch")
+    meta = json.loads((latest / CONFIG_FILE).read_text())
+    if meta.get("extra", {}).get("run_fingerprint") != run_fp or int(meta.get("step", steps)) >= steps:
         log.info("train: checkpoint in %s is from another or a finished run; starting fresh", ckpt_dir)
         return 0
-    loaded, meta = load_checkpoint(latest)
-    model.load_state_dict(loaded.state_dict())
-    load_optimizer_state(latest, opt)
+    try:
+        loaded, meta = load_checkpoint(latest)
+        model.load_state_dict(loaded.state_dict())
+        state = load_training_state(latest, opt)
+    except IncompleteCheckpoint as err:
+        raise IncompleteCheckpoint(f"{err}; delete {ckpt_dir} to train from scratch") from err
+    set_rng_state(state["rng"])
+    if state.get("loader") != loader_layout:
+        log.warning("train: the data loader layout changed since the checkpoint (%s -> %s): the resumed run "
+                    "sees other batches than an uninterrupted one", state.get("loader"), loader_layout)
     log.info("train: resumed from step %d", meta["step"])
     return int(meta["step"])
 
@@ -107,6 +124,28 @@ def autocast(precision: str, device: str):
     """The forward pass under ``precision`` (resolved): bf16 autocast on ``device``
     (weights, optimizer state and the cross-entropy stay fp32), or a no-op for fp32."""
     return torch.autocast(torch.device(device).type, dtype=torch.bfloat16, enabled=precision == "bf16")
+
+
+def _train_dataset(cfg: TrainConfig, uri, specs, *, rank: int = 0, world_size: int = 1) -> LanceTokenDataset:
+    """The training split as a stream of batches that is a pure function of (seed, step)."""
+    return LanceTokenDataset(uri, specs, _masking(cfg, specs, cfg.seed), batch_size=cfg.batch_size, seed=cfg.seed,
+                             rank=rank, world_size=world_size, num_streams=max(1, cfg.num_workers))
+
+
+def _batches_from(dataset: LanceTokenDataset, start: int, cfg: TrainConfig):
+    """An iterator over the batches of steps ``start``, ``start + 1``, ..."""
+    dataset.start_step = start
+    return iter(make_loader(dataset, num_workers=cfg.num_workers))
+
+
+def _trim_history(path: Location, start: int) -> None:
+    """Keep the records of steps before ``start``: a run killed after logging a step but
+    before checkpointing it logs that step again when resumed."""
+    if start == 0 or not path.exists():
+        path.unlink(missing_ok=True)
+        return
+    lines = [line for line in path.read_text().splitlines() if line and json.loads(line)["step"] < start]
+    fs.write_atomic(path, "".join(line + "\n" for line in lines))
 
 
 def _to_device(mod_dict: dict, device: str) -> dict:
@@ -162,8 +201,9 @@ class Alone:
         """The mean over ranks (of the logged losses)."""
         return values
 
-    def save(self, ckpt_dir: Location, model: torch.nn.Module, opt, step: int, extra: dict) -> None:
-        _checkpoint(ckpt_dir, model, opt, step, extra)
+    def save(self, ckpt_dir: Location, model: torch.nn.Module, opt, step: int, extra: dict, *,
+             loader_layout: dict) -> None:
+        _checkpoint(ckpt_dir, model, opt, step, extra, loader_layout=loader_layout)
 
     def report(self, step: int, record: dict | None, checkpoint: Location | None) -> None:
         """A logged step (record) and/or a written checkpoint, for a supervisor to see."""
@@ -216,17 +256,19 @@ def train_worker(cfg: TrainConfig, ctx, par: Alone | None = None) -> dict:
     # The run's identity leaves out train.ray: the same run may resume on another cluster size.
     run_fp = fingerprint_of({"train": cfg.model_dump(mode="json", exclude={"ray"}),
                              "tokens": (read_manifest(ctx.workdir.manifest("tokens")) or {}).get("fingerprint")})
-    start = _resume(ckpt_dir, run_fp, model, opt, steps=cfg.steps)
+    # Every rank draws the whole global batch of a step (a pure function of seed and step)
+    # and trains on its slice (_rank_slice): the same samples as one process at that batch.
+    dataset = _train_dataset(cfg, uri, specs)
+    start = _resume(ckpt_dir, run_fp, model, opt, steps=cfg.steps, loader_layout=dataset.layout())
     num_parameters = sum(p.numel() for p in model.parameters())
     model, opt = par.wrap(model, opt)
-    dataset = LanceTokenDataset(uri, specs, _masking(cfg, specs, cfg.seed), seed=cfg.seed + start)
-    batches = iter(make_loader(dataset, batch_size=cfg.batch_size, num_workers=cfg.num_workers))
+    batches = _batches_from(dataset, start, cfg)
     val_batches = validation_batches(uri, specs, _masking(cfg, specs, cfg.seed), cfg)
     extra = {"run_fingerprint": run_fp, "tokenizers": store_meta["tokenizers"], "train": cfg.model_dump(mode="json")}
     history_path = ctx.workdir.stage_dir("train") / "history.jsonl"
     writer = par.rank == 0
-    if start == 0 and writer:
-        history_path.unlink(missing_ok=True)
+    if writer:
+        _trim_history(history_path, start)
     precision = resolve_precision(cfg.precision, device)
     t0, tokens_seen = time.time(), 0
     model.train()
@@ -259,9 +301,10 @@ def train_worker(cfg: TrainConfig, ctx, par: Alone | None = None) -> dict:
                     _append(history_path, record)
                     log.info("train: step %d loss %.4f%s lr %.2e", step, record["loss"],
                              f" val {record['val_loss']:.4f}" if "val_loss" in record else "", record["lr"])
+            crash_point("train.after_step")  # a kill here: stepped and logged, not checkpointed
             saved = None
             if (step + 1) % cfg.checkpoint_every == 0 or step == cfg.steps - 1:
-                par.save(ckpt_dir, model, opt, step + 1, extra)
+                par.save(ckpt_dir, model, opt, step + 1, extra, loader_layout=dataset.layout())
                 saved = ckpt_dir / f"step-{step + 1:07d}"
             par.report(step, record, saved)
             advance(1)
@@ -286,11 +329,15 @@ def _append(path: Location, record: dict) -> None:
     fs.append_text(path, json.dumps(record) + "\n")
 
 
-def _checkpoint(ckpt_dir: Location, model, opt, step: int, extra: dict) -> None:
-    """Write step-N, then make `latest` a full copy of it (its config.json copied last)."""
+def _checkpoint(ckpt_dir: Location, model, opt, step: int, extra: dict, *, loader_layout: dict) -> None:
+    """Write step-N completely (config.json last), then point `LATEST` at it (one atomic write)."""
     target = ckpt_dir / f"step-{step:07d}"
-    save_checkpoint(target, model=model, step=step, optimizer=opt, extra=extra)
-    copy_checkpoint(target, ckpt_dir / "latest")
+    trainer_state = {"step": step, "rng": rng_state(), "loader": loader_layout}
+    save_checkpoint(target, model=model, step=step, optimizer=opt, trainer_state=trainer_state, extra=extra)
+    crash_point("train.before_latest")
+    publish_latest(target)
+    if (ckpt_dir / LEGACY_LATEST).exists():  # an older run's copy: LATEST is the one truth now
+        fs.remove_tree(ckpt_dir / LEGACY_LATEST)
 
 
 def plot_losses(history: list[dict], path: Location) -> None:

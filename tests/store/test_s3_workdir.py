@@ -23,6 +23,7 @@ from fm21.stages import run_stage
 from fm21.store import fs
 from fm21.store.fs import UriPath
 from fm21.store.layout import STAGES, Workdir
+from fm21.train.checkpoint import resolve_latest
 
 ROOT = Path(__file__).resolve().parents[2]
 SMALL = ["ingest.synthetic.num_samples=24", "ingest.samples_per_shard=12", "tokenizers.train_samples=16",
@@ -73,7 +74,7 @@ def test_every_stage_writes_to_the_object_store(runs):
     for stage in STAGES:
         assert json.loads(wd.manifest(stage).read_text())["status"] == "complete"
     assert [p.name for p in wd.shard_paths()] == ["shard-000000.tar", "shard-000001.tar"]
-    assert (wd.checkpoints_dir / "latest" / "config.json").is_file()
+    assert (resolve_latest(wd.checkpoints_dir) / "config.json").is_file()
     assert (wd.reports_dir / "samples.png").is_file() and (wd.reports_dir / "report.md").is_file()
     assert list(runs["cwd"].iterdir()) == []  # nothing local
 
@@ -103,8 +104,8 @@ def test_stores_equal_a_local_workdir(runs):
     assert _table(remote.tokens_uri, ["key", "crop"]).equals(_table(local.tokens_uri, ["key", "crop"]))
     assert (remote.tokenizers_dir / "text" / "tokenizer.json").read_bytes() == \
         (local.tokenizers_dir / "text" / "tokenizer.json").read_bytes()
-    step = json.loads((remote.checkpoints_dir / "latest" / "config.json").read_text())["step"]
-    assert step == json.loads((local.checkpoints_dir / "latest" / "config.json").read_text())["step"] == 4
+    step = json.loads((resolve_latest(remote.checkpoints_dir) / "config.json").read_text())["step"]
+    assert step == json.loads((resolve_latest(local.checkpoints_dir) / "config.json").read_text())["step"] == 4
 
 
 def test_stats_reads_the_object_store(runs):

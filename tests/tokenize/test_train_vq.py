@@ -10,7 +10,7 @@ from fm21.config import VQTokenizerConfig
 from fm21.modalities import MODALITIES
 from fm21.tokenize.checkpoint import save_tokenizer
 from fm21.tokenize.image_tokenizer import TokenizerConfig
-from fm21.tokenize.train_vq import lr_at, reconstruction_loss, train_vq_tokenizer
+from fm21.tokenize.train_vq import reconstruction_loss, train_vq_tokenizer
 from fm21.tokenize.vqvae import build_tokenizer
 
 CFG = VQTokenizerConfig(hidden_dim=32, num_layers=1, steps=60, batch_size=16, lr=2e-3)
@@ -53,7 +53,9 @@ def test_training_is_deterministic(tmp_path, scenes32) -> None:
 
 
 def test_lr_schedule() -> None:
-    lrs = [lr_at(s, steps=100, base_lr=1.0, warmup=5) for s in range(100)]
-    assert lrs[0] == pytest.approx(0.2) and lrs[4] == pytest.approx(1.0)
+    from fm21.schedules import warmup_cosine  # the tokenizers' schedule is the 4M trainer's
+
+    lrs = [warmup_cosine(s, steps=100, peak=1.0, warmup=5) for s in range(100)]
+    assert lrs[0] == 0.0 and lrs[4] == pytest.approx(0.8) and lrs[5] == pytest.approx(1.0)
     assert max(lrs) == pytest.approx(1.0) and lrs[-1] < 0.01
     assert all(x >= y for x, y in zip(lrs[5:], lrs[6:]))  # cosine decay is monotone
