@@ -24,8 +24,9 @@ demo: install            ## the whole pipeline on the embedded default (Prefect 
 	$(FM21) run end_to_end
 	$(FM21) stats
 
-test: install browser    ## the test suite (CPU, no network)
-	$(VENV)/bin/python -m pytest -q
+TEST_WORKERS ?= 2
+test: install browser    ## the test suite (CPU, no network), on TEST_WORKERS pytest-xdist workers
+	$(VENV)/bin/python -m pytest -q -n $(TEST_WORKERS) --dist loadgroup
 
 # Debian's chromium for the Prefect UI tests (Playwright's own browser download is not used);
 # where it cannot be installed those two tests skip and say why.

@@ -22,6 +22,20 @@ os.environ.setdefault("PREFECT_HOME", tempfile.mkdtemp(prefix="fm21-prefect-"))
 logging.raiseExceptions = False
 
 
+# `make test` runs the suite on two pytest-xdist workers with `--dist loadgroup`. Each test
+# module is one group, so its module-scoped fixtures (a whole pipeline run, a Prefect
+# server) are built once, on one worker; the two modules that share the session's Prefect
+# server and served deployment (tests/pipelines/) form one group.
+SHARED_GROUPS = {"pipelines": "prefect-server"}
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        module = Path(str(item.fspath)).relative_to(ROOT / "tests")
+        group = SHARED_GROUPS.get(module.parts[0], str(module)) if len(module.parts) > 1 else str(module)
+        item.add_marker(pytest.mark.xdist_group(group))
+
+
 @pytest.fixture(scope="session")
 def ray_local():
     """One local Ray for the whole session (starting Ray costs seconds)."""

@@ -368,7 +368,8 @@ def plot_losses(history: list[dict], path: Location) -> None:
         ax.grid(alpha=0.3)
         ax.set_title(title)
     axes[0].set_ylabel("cross-entropy")
-    axes[1].legend(fontsize=7, ncol=2, loc="upper right")
+    legend_ax = axes[1] if axes[1].get_legend_handles_labels()[0] else axes[0]  # no validation: the training side
+    legend_ax.legend(fontsize=7, ncol=2, loc="upper right")
     fig.suptitle("fm21 4M training: loss per modality")
     fig.tight_layout()
     buf = io.BytesIO()  # bytes, so that ``path`` may be on an object store
