@@ -22,7 +22,10 @@ from fm21.store.tokens import read_schema_metadata
 
 IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32).reshape(3, 1, 1)
 IMAGENET_STD = np.array([0.229, 0.224, 0.225], dtype=np.float32).reshape(3, 1, 1)
-METADATA_CHUNK = 2  # each metadata field serialises to `v1=<id> v0=<value>`: two ids
+# Sequences masked in chunks of ids rather than id by id, by label kind: each metadata
+# field serialises to `v1=<id> v0=<value>`, two ids masked together (apple/ml-4m
+# `fourm/data/masking.py`, chunked span masking of metadata).
+MASK_CHUNK = {"metadata": 2}
 
 
 def row_to_sample(row: dict[str, Any], specs: dict[str, ModalitySpec]) -> dict[str, Any]:
@@ -42,9 +45,9 @@ def row_to_sample(row: dict[str, Any], specs: dict[str, ModalitySpec]) -> dict[s
             sample[name] = ((img.astype(np.float32) / 255.0 - IMAGENET_MEAN) / IMAGENET_STD).astype(np.float32)
         elif spec.is_image_like:
             sample[name] = np.asarray(value, dtype=np.int64)  # (N,)
-        elif name == "metadata":
-            ids = list(value)
-            sample[name] = [ids[i:i + METADATA_CHUNK] for i in range(0, len(ids), METADATA_CHUNK)]
+        elif spec.label_kind in MASK_CHUNK:
+            ids, size = list(value), MASK_CHUNK[spec.label_kind]
+            sample[name] = [ids[i:i + size] for i in range(0, len(ids), size)]
         else:
             sample[name] = list(value)
     return sample

@@ -9,6 +9,7 @@ from __future__ import annotations
 import numpy as np
 
 from fm21.modalities import ModalitySpec
+from fm21.train.loader import MASK_CHUNK
 
 
 def random_sample(
@@ -26,10 +27,9 @@ def random_sample(
             sample[name] = rng.standard_normal((5, spec.embedding_dim)).astype(np.float32)
         elif spec.is_image_like:
             sample[name] = rng.integers(0, spec.vocab_size, spec.num_tokens)
-        elif name == "metadata":
-            sample[name] = [[int(rng.integers(first_text_id, spec.vocab_size - 1)),
-                             int(rng.integers(first_text_id, spec.vocab_size - 1))]
-                            for _ in range(num_metadata_chunks)]
+        elif spec.label_kind in MASK_CHUNK:
+            sample[name] = [[int(rng.integers(first_text_id, spec.vocab_size - 1))
+                             for _ in range(MASK_CHUNK[spec.label_kind])] for _ in range(num_metadata_chunks)]
         else:
             n = int(rng.integers(2, spec.max_seq_len))
             sample[name] = rng.integers(first_text_id, spec.vocab_size, n).tolist()
