@@ -27,13 +27,22 @@ logging.raiseExceptions = False
 # server) are built once, on one worker; the two modules that share the session's Prefect
 # server and served deployment (tests/pipelines/) form one group.
 SHARED_GROUPS = {"pipelines": "prefect-server"}
+# The longest groups go out first (measured: `make test` prints the slowest tests), so the
+# two workers finish together instead of one waiting on a long group handed out last.
+LONGEST_FIRST = ["test_end_to_end.py", "store/test_units.py", "train/test_distributed.py", "test_real_photos.py",
+                 "prefect-server", "tokenize/test_tokens_incremental.py", "store/test_s3_workdir.py",
+                 "test_all19.py", "train/test_jobs.py"]
 
 
 def pytest_collection_modifyitems(config, items):
+    groups = {}
     for item in items:
         module = Path(str(item.fspath)).relative_to(ROOT / "tests")
         group = SHARED_GROUPS.get(module.parts[0], str(module)) if len(module.parts) > 1 else str(module)
         item.add_marker(pytest.mark.xdist_group(group))
+        groups[item.nodeid] = group
+    rank = {g: i for i, g in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(groups[item.nodeid], len(rank)))  # stable: file order kept
 
 
 @pytest.fixture(scope="session")

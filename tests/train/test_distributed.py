@@ -1,5 +1,6 @@
 """The train stage on Ray Train (CPU, gloo): two workers follow one process's loss curve at
-the same global batch, and a worker killed mid-run is restarted from the last checkpoint."""
+the same global batch, with a worker killed mid-run and restarted from the last checkpoint
+(one run for both: a Ray Train start costs tens of seconds here)."""
 
 from __future__ import annotations
 
@@ -63,48 +64,38 @@ def _losses(ctx: RunContext) -> list[float]:
     return [json.loads(line)["loss"] for line in lines]
 
 
-def test_two_workers_follow_one_process_at_the_same_global_batch(ray_local, store, tmp_path):
+def test_two_workers_follow_one_process_and_a_killed_worker_restarts_from_the_last_checkpoint(
+        ray_local, store, tmp_path, monkeypatch):
+    """One Ray Train run (2 gloo workers, global batch 16) whose rank 1 dies after step
+    index 4: FailureConfig restarts the group from the checkpoint of step 3 and the run
+    finishes; its loss curve follows one process's at the same global batch."""
+    from fm21.train.checkpoint import resolve_latest
     from fm21.train.loop import run_train
 
     one, two = _ctx(store, tmp_path / "one"), _ctx(store, tmp_path / "two")
     t0 = time.time()
     alone = run_train(tiny_train(), one)
     t1 = time.time()
-    pair = run_train(tiny_train(ray={"num_workers": 2}), two)
-    print(f"one process {t1 - t0:.1f}s, two Ray Train workers {time.time() - t1:.1f}s")
-    a, b = np.array(_losses(one)), np.array(_losses(two))
-    assert len(a) == len(b) == 6 and pair["workers"] == 2 and pair["steps"] == 6
+    monkeypatch.setenv("FM21_KILL_WORKER_AT", "1:4")
+    monkeypatch.setenv("FM21_CRASH_DIR", str(tmp_path / "hits"))
+    pair = run_train(tiny_train(ray={"num_workers": 2, "max_failures": 2}), two)
+    print(f"one process {t1 - t0:.1f}s, two Ray Train workers, one killed and restarted {time.time() - t1:.1f}s")
+    assert (tmp_path / "hits" / "kill-worker-1-4").exists()  # the worker did die
+    assert pair["workers"] == 2 and pair["steps"] == 6 and pair["resumed_from"] == 3
     assert pair["parameters"] == alone["parameters"]
+    a, b = np.array(_losses(one)), np.array(_losses(two))
+    assert len(a) == len(b) == 6  # steps 3-4, logged before the kill, are not logged twice
     # Not bitwise: each rank takes the mean loss of its own half (per modality), one process
     # the mean over the whole batch. The curve itself moves far more than the gap.
     gap = np.abs(a - b).max()
     assert gap < 0.02 * a[0], (a, b)
     assert a[0] - a[-1] > 5 * gap, (a, b)
-    # rank 0 alone wrote the history (one line per step) and the checkpoints
-    from fm21.train.checkpoint import resolve_latest
-
+    # rank 0 alone wrote the checkpoints; Ray Train's last one points at the final fm21 checkpoint
     latest = resolve_latest(two.workdir.checkpoints_dir)
     assert latest is not None and json.loads((latest / "config.json").read_text())["step"] == 6
-
-
-def test_a_killed_worker_restarts_from_the_last_checkpoint(ray_local, store, tmp_path, monkeypatch):
-    from fm21.train.loop import run_train
-
-    ctx = _ctx(store, tmp_path / "run")
-    # rank 1 dies after step index 4: the checkpoint of step 3 is the last one
-    monkeypatch.setenv("FM21_KILL_WORKER_AT", "1:4")
-    monkeypatch.setenv("FM21_CRASH_DIR", str(tmp_path / "hits"))
-    t0 = time.time()
-    counts = run_train(tiny_train(ray={"num_workers": 2, "max_failures": 2}), ctx)
-    print(f"killed and restarted run {time.time() - t0:.1f}s")
-    assert (tmp_path / "hits" / "kill-worker-1-4").exists()  # the worker did die
-    assert counts["resumed_from"] == 3 and counts["steps"] == 6
-    from fm21.train.checkpoint import resolve_latest
-
-    assert json.loads((resolve_latest(ctx.workdir.checkpoints_dir) / "config.json").read_text())["step"] == 6
-    ray_state = ctx.workdir.stage_dir("train") / "ray" / "fm21-train"
+    ray_state = two.workdir.stage_dir("train") / "ray" / "fm21-train"
     pointers = sorted(json.loads(p.read_text())["step"] for p in ray_state.glob("checkpoint_*/fm21.json"))
-    assert pointers[-1] == 6  # Ray Train's last checkpoint names the final fm21 checkpoint
+    assert pointers[-1] == 6
 
 
 def test_world_size_one_is_the_loop_unchanged(store, tmp_path):
