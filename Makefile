@@ -26,7 +26,7 @@ demo: install            ## the whole pipeline on the embedded default (Prefect 
 
 TEST_WORKERS ?= 2
 test: install browser    ## the test suite (CPU, no network), on TEST_WORKERS pytest-xdist workers
-	$(VENV)/bin/python -m pytest -q -n $(TEST_WORKERS) --dist loadgroup --durations=25
+	$(VENV)/bin/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile --durations=25
 
 # Debian's chromium for the Prefect UI tests (Playwright's own browser download is not used);
 # where it cannot be installed those two tests skip and say why.

@@ -22,27 +22,20 @@ os.environ.setdefault("PREFECT_HOME", tempfile.mkdtemp(prefix="fm21-prefect-"))
 logging.raiseExceptions = False
 
 
-# `make test` runs the suite on two pytest-xdist workers with `--dist loadgroup`. Each test
-# module is one group, so its module-scoped fixtures (a whole pipeline run, a Prefect
-# server) are built once, on one worker; the two modules that share the session's Prefect
-# server and served deployment (tests/pipelines/) form one group.
-SHARED_GROUPS = {"pipelines": "prefect-server"}
-# The longest groups go out first (measured: `make test` prints the slowest tests), so the
-# two workers finish together instead of one waiting on a long group handed out last.
-LONGEST_FIRST = ["test_end_to_end.py", "store/test_units.py", "train/test_distributed.py", "test_real_photos.py",
-                 "prefect-server", "tokenize/test_tokens_incremental.py", "store/test_s3_workdir.py",
-                 "test_all19.py", "train/test_jobs.py"]
+# `make test` runs the suite on two pytest-xdist workers with `--dist loadfile`: a test
+# module stays on one worker, so its module-scoped fixtures (a whole pipeline run, a Prefect
+# server) are built once. (xdist 3.8's `loadgroup` cannot group under pytest 9: it renames
+# `item._nodeid`, which pytest 9's node ids no longer read.) The longest modules go out
+# first (`make test` prints the slowest tests), so the workers finish together.
+LONGEST_FIRST = ["test_real_photos.py", "test_end_to_end.py", "pipelines/test_deployments.py",
+                 "store/test_units.py", "store/test_s3_workdir.py", "train/test_distributed.py", "test_all19.py",
+                 "tokenize/test_tokens_incremental.py", "train/test_jobs.py"]
 
 
 def pytest_collection_modifyitems(config, items):
-    groups = {}
-    for item in items:
-        module = Path(str(item.fspath)).relative_to(ROOT / "tests")
-        group = SHARED_GROUPS.get(module.parts[0], str(module)) if len(module.parts) > 1 else str(module)
-        item.add_marker(pytest.mark.xdist_group(group))
-        groups[item.nodeid] = group
-    rank = {g: i for i, g in enumerate(LONGEST_FIRST)}
-    items.sort(key=lambda item: rank.get(groups[item.nodeid], len(rank)))  # stable: file order kept
+    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
+    module = {item: str(Path(str(item.fspath)).relative_to(ROOT / "tests")) for item in items}
+    items.sort(key=lambda item: rank.get(module[item], len(rank)))  # stable: file order kept
 
 
 @pytest.fixture(scope="session")
