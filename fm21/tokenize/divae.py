@@ -43,7 +43,7 @@ from torch import nn
 
 from fm21.modalities import ModalitySpec
 from fm21.schedules import warmup_cosine
-from fm21.tokenize.image_tokenizer import ImageTokenizer
+from fm21.tokenize.image_tokenizer import ImageTokenizer, SquareTokenGrid
 from fm21.tokenize.preprocess import PREPROCESSORS, DepthPreprocessor, EdgePreprocessor, Preprocessor
 from fm21.tokenize.quantizer import LucidQuantizer, codebook_stats
 from fm21.tokenize.train_vq import _augment, save_recon_grid
@@ -57,7 +57,7 @@ MAX_ATTENTION_SIDE = 16  # the UNet mid block attends only when its grid is at m
 
 
 @dataclass(frozen=True)
-class DiVAEConfig:
+class DiVAEConfig(SquareTokenGrid):
     """Everything needed to rebuild a DiVAE from its checkpoint folder."""
 
     family: str
@@ -80,14 +80,6 @@ class DiVAEConfig:
     codebook_ema_decay: float = 0.99
     commitment_weight: float = 1.0
     dead_code_coef: float = 32.0
-
-    @property
-    def grid_size(self) -> int:
-        return self.resolution // self.patch_size
-
-    @property
-    def num_tokens(self) -> int:
-        return self.grid_size**2
 
     @classmethod
     def from_spec(cls, spec: ModalitySpec, options: dict[str, Any]) -> DiVAEConfig:

@@ -22,8 +22,24 @@ from fm21.tokenize.families import family_options
 from fm21.tokenize.preprocess import PREPROCESSORS, Preprocessor, preprocessor_for
 
 
+class SquareTokenGrid:
+    """``grid_size`` and ``num_tokens`` of a config with ``resolution`` and ``patch_size``:
+    one token per patch of a square crop (the VQ-VAE and DiVAE configs share it)."""
+
+    resolution: int
+    patch_size: int
+
+    @property
+    def grid_size(self) -> int:
+        return self.resolution // self.patch_size
+
+    @property
+    def num_tokens(self) -> int:
+        return self.grid_size**2
+
+
 @dataclass(frozen=True)
-class TokenizerConfig:
+class TokenizerConfig(SquareTokenGrid):
     """Everything needed to rebuild a tokenizer from its checkpoint folder."""
 
     family: str
@@ -41,14 +57,6 @@ class TokenizerConfig:
     ema_decay: float = 0.99
     commitment_weight: float = 1.0
     dead_code_coef: float = 32.0
-
-    @property
-    def grid_size(self) -> int:
-        return self.resolution // self.patch_size
-
-    @property
-    def num_tokens(self) -> int:
-        return self.grid_size**2
 
     @classmethod
     def from_spec(cls, spec: ModalitySpec, options: Mapping[str, Any] | VQTokenizerConfig | None = None, *,
