@@ -66,6 +66,8 @@ class ModalitiesConfig(Strict):
     image_vocab_size: int | None = None  # None keeps the reference codebook sizes
     text_vocab_size: int | None = None  # total WordPiece vocab incl. 4,284 specials; None: 30k
     max_seq_len: int | None = None  # cap on every sequence length; None keeps the reference's
+    # width of frozen-embedding inputs (t5_caption): the T5 encoder's d_model; None: 4096 (T5-XXL)
+    embedding_dim: int | None = None
 
     @field_validator("enabled")
     @classmethod
@@ -410,6 +412,9 @@ class TrainRayConfig(Strict):
 
 class TrainConfig(Strict):
     model: ModelConfig = ModelConfig()
+    # The modalities 4M trains on: a subset of modalities.enabled (null: all of them). The
+    # tokens store keeps every enabled modality; a run may spend its budget on fewer.
+    modalities: list[str] | None = None
     num_input_tokens: int = 256
     num_target_tokens: int = 256
     mixture: list[MixtureComponent] = Field(default_factory=lambda: [MixtureComponent()])
@@ -439,6 +444,10 @@ class TrainConfig(Strict):
     # Applied from outside the model, per transformer block (fm21/train/parallelize.py)
     compile: bool = False  # torch.compile each block (benchmarks/bench_mfu.py measures it)
     activation_checkpointing: bool = False  # recompute each block's activations in backward
+
+    def select(self, specs: dict[str, ModalitySpec]) -> dict[str, ModalitySpec]:
+        """The enabled ``specs`` 4M trains on (all of them unless ``modalities`` is set)."""
+        return specs if self.modalities is None else {n: s for n, s in specs.items() if n in self.modalities}
 
     @field_validator("loss_weights")
     @classmethod
@@ -480,6 +489,17 @@ class FlowConfig(Strict):
     train: TrainConfig = TrainConfig()
     evaluate: EvaluateConfig = EvaluateConfig()
 
+    @model_validator(mode="after")
+    def _train_modalities_enabled(self) -> FlowConfig:
+        wanted = self.train.modalities
+        if wanted is not None:
+            missing = [n for n in wanted if n not in self.modalities.enabled]
+            if missing:
+                raise ValueError(f"train.modalities {missing} are not in modalities.enabled")
+            if not any(MODALITIES[n].can_be_target for n in wanted):
+                raise ValueError("train.modalities names no modality that can be a target")
+        return self
+
     def specs(self) -> dict[str, ModalitySpec]:
         """The enabled modalities at this run's scale."""
         m = self.modalities
@@ -490,14 +510,20 @@ class FlowConfig(Strict):
             image_vocab_size=m.image_vocab_size,
             text_vocab_size=m.text_vocab_size,
             max_seq_len=m.max_seq_len,
+            embedding_dim=m.embedding_dim,
         )
 
 
 # ------------------------------------------------------------------------------ loading
 def _deep_merge(base: dict, over: dict) -> dict:
+    """``over`` wins key by key, dicts merged recursively, except that a dict naming another
+    ``family`` than the one it overrides (a tokenizer's options) replaces it whole: the
+    options of one tokenizer family mean nothing to another."""
     out = copy.deepcopy(base)
     for key, value in over.items():
-        if isinstance(value, dict) and isinstance(out.get(key), dict):
+        switched = (isinstance(value, dict) and isinstance(out.get(key), dict)
+                    and "family" in value and value["family"] != out[key].get("family", value["family"]))
+        if isinstance(value, dict) and isinstance(out.get(key), dict) and not switched:
             out[key] = _deep_merge(out[key], value)
         else:
             out[key] = copy.deepcopy(value)
