@@ -124,6 +124,8 @@ def write_report(out: Path, summary: dict, *, rgb: np.ndarray, keys: list[str],
     """report.md (verdict table, bar charts, per-task detail tables, retrieval, skipped
     tasks) and samples.png. ``kinds``: the label kind of each task, which picks its
     headline metric and colouring."""
+    for stale in out.glob("bars_*.png"):  # charts of tasks an earlier run had
+        stale.unlink()
     if samples:
         sample_grid(rgb, keys, samples, out / "samples.png", kinds)
     for task, res in summary["tasks"].items():
