@@ -463,14 +463,52 @@ class TrainConfig(Strict):
 
 
 # ------------------------------------------------------------------------------ evaluate
+# Label kinds the evaluate stage has metrics for (fm21/evaluate/metrics.py HEADLINE keeps
+# the same keys; a test checks they agree): a target modality of such a kind is a task.
+EVALUABLE_LABEL_KINDS = ("depth", "normal", "classes", "boxes", "text", "rgb", "vector")
+
+
+def _evaluable_modality(name: str) -> str:
+    """A registry modality name, or the label column it is scored against (depth, normal,
+    semseg, det, caption, rgb, dinov2_global, ...) -> the target modality's name."""
+    if name in MODALITIES and MODALITIES[name].can_be_target:
+        spec = MODALITIES[name]
+    else:  # a label column (rgb names the input pixels and tok_rgb's labels alike)
+        found = [s for s in MODALITIES.values() if s.label_columns[0] == name and s.can_be_target]
+        if not found:
+            raise ValueError(f"{name!r} is neither a target modality of the registry nor the label column of one")
+        spec = found[0]
+    if not spec.can_be_target or spec.label_kind not in EVALUABLE_LABEL_KINDS:
+        evaluable = [s.name for s in MODALITIES.values() if s.can_be_target and s.label_kind in EVALUABLE_LABEL_KINDS]
+        raise ValueError(f"{name!r}: no evaluation for label kind {spec.label_kind!r}; evaluable targets: {evaluable}")
+    return spec.name
+
+
 class EvaluateConfig(Strict):
     num_samples: int = 64
-    tasks: list[Literal["depth", "normal", "semseg"]] = ["depth", "normal", "semseg"]
+    # Target modalities to evaluate (registry names; the label column a task is reported
+    # under -- depth, normal, semseg, det, caption, rgb -- is accepted for it). None:
+    # every evaluable target the run trained on. A listed target the run did not train is
+    # reported as skipped, with the reason.
+    tasks: list[str] | None = None
+    # X -> RGB: tok_rgb is generated from each of these conditions (those the run has)
+    rgb_from: list[str] = ["tok_depth", "tok_semseg", "caption"]
+    # Retrieval (the tasks of label kind vector: tok_dinov2_global, tok_imagebind_global):
+    # the target is generated from each of these conditions, decoded to an embedding and
+    # searched among the evaluation samples' true embeddings
+    retrieval_from: list[str] = ["rgb", "caption", "tok_depth", "tok_semseg"]
     scheme: Literal["roar", "maskgit"] = "maskgit"
     num_steps: int = 8
     temperature: float = 0.01
     num_grid_samples: int = 6
     seed: int = 0
+
+    @field_validator("tasks")
+    @classmethod
+    def _evaluable(cls, names: list[str] | None) -> list[str] | None:
+        return None if names is None else list(dict.fromkeys(_evaluable_modality(n) for n in names))
+
+    _names = field_validator("rgb_from", "retrieval_from")(_registry_names)
 
 
 # ------------------------------------------------------------------------------ root
