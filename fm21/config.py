@@ -278,8 +278,26 @@ def _typed_options(name: str, entry: Any) -> BaseModel:
 
 
 class TextTokenizerConfig(Strict):
-    min_frequency: int = 1
-    train_samples: int = 200_000  # rows of labels.lance whose texts train WordPiece (a hashed sample)
+    """The shared WordPiece tokenizer. ``train``: learn word pieces on this run's labels after
+    the fixed special tokens (a new vocabulary). ``released``: use the 4M release's 30k
+    tokenizer (apple/ml-4m `fourm/utils/tokenizer/trained/text_tokenizer_4m_wordpiece_30k.json`),
+    the ids the released 4M-21 models read, from ``path`` (a local file or URI, or a folder
+    holding ``hub_filename``) or the Hub repo ``hub_id``."""
+
+    source: Literal["train", "released"] = "train"
+    path: str | None = None  # released: the tokenizer JSON (or its folder)
+    hub_id: str | None = None  # released: a Hugging Face Hub repo holding it
+    hub_filename: str = "text_tokenizer_4m_wordpiece_30k.json"
+    min_frequency: int = 1  # train only
+    train_samples: int = 200_000  # train only: rows of labels.lance whose texts train WordPiece (a hashed sample)
+
+    @model_validator(mode="after")
+    def _one_origin(self) -> "TextTokenizerConfig":
+        if self.source == "released" and (self.path is None) == (self.hub_id is None):
+            raise ValueError("source: released needs exactly one of path or hub_id")
+        if self.source == "train" and (self.path is not None or self.hub_id is not None):
+            raise ValueError("path / hub_id are for source: released")
+        return self
 
 
 class TokenizersConfig(Strict):
