@@ -377,6 +377,21 @@ class ModelConfig(Strict):
     # decoder queries to their patch. docs/learning.md has the measurements.
     token_emb_std: float = 0.02  # init std of the encoder's token embeddings
     pos_emb_scale: float = 1.0  # multiplies every fixed sin-cos position table
+    # The released 4M models' layout (`fm21 import 4m21` writes these into its checkpoint):
+    # a context projection with bias whatever ``bias`` says, and the reference's 2D sin-cos
+    # channel order. Defaults: fm21's architecture, unchanged.
+    context_bias: bool | None = None
+    sincos_2d_order: Literal["xy", "yx"] = "xy"
+
+    @model_serializer(mode="wrap")
+    def _omit_default_layouts(self, handler):
+        """Left out of the dump at their defaults, so that the run fingerprint of every
+        configuration that existed before them (and so its resume) is unchanged."""
+        out = handler(self)
+        for key, default in (("context_bias", None), ("sincos_2d_order", "xy")):
+            if out.get(key, default) == default:
+                out.pop(key, None)
+        return out
 
     @model_validator(mode="before")
     @classmethod
