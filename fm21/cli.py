@@ -14,6 +14,7 @@ Examples:
 from __future__ import annotations
 
 import functools
+import json
 import logging
 import sys
 from typing import Annotated, Any, Callable, Optional
@@ -369,6 +370,30 @@ def train_stop(
 
     stopped = jobs.stop(jobs.client(_address(address)), job_id)
     typer.echo(f"{job_id}: {'stop requested' if stopped else 'not running'}")
+
+
+# ------------------------------------------------------------------ fm21 import (released 4M models)
+import_app = typer.Typer(no_args_is_help=True, help="Import released models into fm21 checkpoints.")
+app.add_typer(import_app, name="import")
+
+
+@import_app.command("4m21", epilog="Example: fm21 import 4m21 --size B --from EPFL-VILAB/4M-21_B --out work/4m21-b")
+@one_line_errors
+def import_4m21_cmd(
+    size: Annotated[str, typer.Option("--size", help="B, L or XL: checked against the release's config")],
+    source: Annotated[Optional[str], typer.Option(
+        "--from", help="a folder with model.safetensors + config.json, or a Hub id (default EPFL-VILAB/4M-21_<size>)")] = None,
+    out: Annotated[str, typer.Option("--out", help="the fm21 checkpoint folder to write")] = "4m21",
+) -> None:
+    """Convert a released 4M-21 model (apple/ml-4m `fourm/models/fm.py` FM) into an fm21
+    checkpoint folder that `fm21.train.checkpoint.load_checkpoint` and evaluation read."""
+    from fm21.train.import_4m21 import HUB_IDS, import_4m21
+
+    key = size.upper()
+    if key not in HUB_IDS:
+        raise typer.BadParameter(f"--size must be one of {', '.join(HUB_IDS)}")
+    report = import_4m21(source or HUB_IDS[key], out, size=key)
+    typer.echo(json.dumps(report))
 
 
 def _address(address: Optional[str]) -> str:

@@ -280,8 +280,26 @@ def _typed_options(name: str, entry: Any) -> BaseModel:
 
 
 class TextTokenizerConfig(Strict):
-    min_frequency: int = 1
-    train_samples: int = 200_000  # rows of labels.lance whose texts train WordPiece (a hashed sample)
+    """The shared WordPiece tokenizer. ``train``: learn word pieces on this run's labels after
+    the fixed special tokens (a new vocabulary). ``released``: use the 4M release's 30k
+    tokenizer (apple/ml-4m `fourm/utils/tokenizer/trained/text_tokenizer_4m_wordpiece_30k.json`),
+    the ids the released 4M-21 models read, from ``path`` (a local file or URI, or a folder
+    holding ``hub_filename``) or the Hub repo ``hub_id``."""
+
+    source: Literal["train", "released"] = "train"
+    path: str | None = None  # released: the tokenizer JSON (or its folder)
+    hub_id: str | None = None  # released: a Hugging Face Hub repo holding it
+    hub_filename: str = "text_tokenizer_4m_wordpiece_30k.json"
+    min_frequency: int = 1  # train only
+    train_samples: int = 200_000  # train only: rows of labels.lance whose texts train WordPiece (a hashed sample)
+
+    @model_validator(mode="after")
+    def _one_origin(self) -> "TextTokenizerConfig":
+        if self.source == "released" and (self.path is None) == (self.hub_id is None):
+            raise ValueError("source: released needs exactly one of path or hub_id")
+        if self.source == "train" and (self.path is not None or self.hub_id is not None):
+            raise ValueError("path / hub_id are for source: released")
+        return self
 
 
 class TokenizersConfig(Strict):
@@ -361,6 +379,21 @@ class ModelConfig(Strict):
     # decoder queries to their patch. docs/learning.md has the measurements.
     token_emb_std: float = 0.02  # init std of the encoder's token embeddings
     pos_emb_scale: float = 1.0  # multiplies every fixed sin-cos position table
+    # The released 4M models' layout (`fm21 import 4m21` writes these into its checkpoint):
+    # a context projection with bias whatever ``bias`` says, and the reference's 2D sin-cos
+    # channel order. Defaults: fm21's architecture, unchanged.
+    context_bias: bool | None = None
+    sincos_2d_order: Literal["xy", "yx"] = "xy"
+
+    @model_serializer(mode="wrap")
+    def _omit_default_layouts(self, handler):
+        """Left out of the dump at their defaults, so that the run fingerprint of every
+        configuration that existed before them (and so its resume) is unchanged."""
+        out = handler(self)
+        for key, default in (("context_bias", None), ("sincos_2d_order", "xy")):
+            if out.get(key, default) == default:
+                out.pop(key, None)
+        return out
 
     @model_validator(mode="before")
     @classmethod

@@ -49,7 +49,7 @@ class ModalitySpec:
     resolution: int | None = None  # pixels of the square crop the modality is made at
     patch_size: int | None = None  # pixels per token side on that crop
     num_global_tokens: int | None = None  # global_tokens only
-    max_seq_len: int | None = None  # sequence/embedding only, without the EOS
+    max_seq_len: int | None = None  # sequence/embedding only; the reference's max_tokens, EOS included
     num_channels: int | None = None  # tokenizer input channels (classes for semseg)
     embedding_dim: int | None = None  # embedding kind: width of the frozen vectors
     serialization: str | None = None  # sequence only: caption | det | color_palette | ...

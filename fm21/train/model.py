@@ -19,7 +19,9 @@ from torch import nn
 
 from fm21.modalities import ModalitySpec
 from fm21.train.blocks import DecoderBlock, EncoderBlock, attention_allowed, layer_norm
-from fm21.train.embeddings import DECODER_EMBEDDINGS, ENCODER_EMBEDDINGS, init_mae, scale_sincos_tables
+from fm21.train.embeddings import (
+    DECODER_EMBEDDINGS, ENCODER_EMBEDDINGS, init_mae, scale_sincos_tables, set_sincos_2d_order,
+)
 
 ModDict = Mapping[str, Mapping[str, torch.Tensor]]
 
@@ -42,6 +44,10 @@ class FourMConfig:
     init_std: float = 0.02
     token_emb_std: float = 0.02  # encoder token embeddings (reference: init_std)
     pos_emb_scale: float = 1.0  # fixed sin-cos tables are multiplied by this (reference: 1)
+    # Opt-in layouts of the released 4M models (fm21/train/import_4m21.py); the defaults
+    # keep fm21's architecture and its checkpoints unchanged.
+    context_bias: bool | None = None  # bias of decoder_proj_context; None: follows ``bias`` (reference: True)
+    sincos_2d_order: str = "xy"  # 2D sin-cos channel order, "xy" | "yx" (reference: "yx")
     modalities: tuple[str, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
@@ -103,7 +109,8 @@ class FourM(nn.Module):
             bias=getattr(cfg, "bias", False), num_input_tokens=num_input_tokens,
             num_target_tokens=num_target_tokens, tie_sequence_logits=tie_sequence_logits,
             init_std=getattr(cfg, "init_std", 0.02), token_emb_std=getattr(cfg, "token_emb_std", 0.02),
-            pos_emb_scale=getattr(cfg, "pos_emb_scale", 1.0), modalities=tuple(self.specs),
+            pos_emb_scale=getattr(cfg, "pos_emb_scale", 1.0), context_bias=getattr(cfg, "context_bias", None),
+            sincos_2d_order=getattr(cfg, "sincos_2d_order", "xy"), modalities=tuple(self.specs),
         )
         d, c = cfg.dim, self.config
         block = {"mlp": c.mlp, "bias": c.bias}
@@ -123,11 +130,12 @@ class FourM(nn.Module):
         self.encoder_norm = layer_norm(d, c.bias)
         # the reference's has a bias in every size; here it follows ``bias`` so that the
         # 4M-21 (no-bias) trunk keeps the weight layout of earlier checkpoints
-        self.decoder_proj_context = nn.Linear(d, d, bias=c.bias)
+        self.decoder_proj_context = nn.Linear(d, d, bias=c.bias if c.context_bias is None else c.context_bias)
         self.decoder = nn.ModuleList(
             [DecoderBlock(d, c.num_heads, c.mlp_ratio, **block) for _ in range(c.decoder_depth)]
         )
         self.decoder_norm = layer_norm(d, c.bias)
+        set_sincos_2d_order(self, c.sincos_2d_order)
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
