@@ -75,6 +75,10 @@ def _l2norm_rows(t: torch.Tensor) -> torch.Tensor:
     return F.normalize(t.float(), dim=-1)
 
 
+def _sum_input_channels(t: torch.Tensor) -> torch.Tensor:
+    return t.sum(dim=1, keepdim=True)  # (D, 3, P, P) -> (D, 1, P, P)
+
+
 def _conv1x1_to_linear(t: torch.Tensor) -> torch.Tensor:
     return t.reshape(t.shape[0], t.shape[1]) if t.ndim == 4 else t
 
@@ -260,6 +264,11 @@ def import_state(config: dict[str, Any], state: dict[str, torch.Tensor], modalit
         if kind == "divae":
             skip = ("decoder.",)
         mapping = _vit_mapping(list(tok.state_dict()), kind)
+        fm21_in = tok.state_dict()["encoder.proj.weight"].shape[1]
+        if fm21_in == 1 and state["encoder.proj.weight"].shape[1] == 3:
+            # The edge DiVAE reads edges as 3 equal channels (RGBTransform); fm21 reads 1. A
+            # patch conv of [x, x, x] equals one of x with the channel weights summed: exact.
+            mapping["encoder.proj.weight"] = ("encoder.proj.weight", _sum_input_channels)
     target = dict(tok.state_dict())
     report = apply_mapping(target, state, mapping, fixed=fixed, skip_prefixes=skip)
     tok.load_state_dict(target, strict=True)

@@ -141,6 +141,21 @@ def test_divae_imports_encoder_and_tags_the_decoder_random(tmp_path) -> None:
     assert tok.encode_labels(depth).shape == (2, 4)
 
 
+def test_edge_divae_sums_its_three_input_channels(tmp_path) -> None:
+    """The released edge tokenizer reads edges as 3 equal channels; fm21's one-channel patch
+    conv with the summed weights gives the same encoder output."""
+    sd = {k: v for k, v in _vqvae_state(3, 3, 16, MODALITIES["tok_sam_edge"].vocab_size).items()
+          if not k.startswith(("decoder.", "post_quant_proj."))}
+    folder = _released(tmp_path, {"enc_type": "vit_b_enc", "dec_type": "unet_patched", "post_mlp": True}, sd)
+    import_tokenizer(tmp_path / "out", path=folder, modality="tok_sam_edge", num_heads=HEADS, resolution=32,
+                     decoder_options={"unet_channels": [8, 16], "layers_per_block": 1})
+    tok = load_tokenizer(tmp_path / "out")
+    torch.testing.assert_close(tok.encoder.proj.weight, sd["encoder.proj.weight"].sum(1, keepdim=True))
+    x = torch.randn(2, 1, 32, 32)
+    torch.testing.assert_close(F.conv2d(x.expand(-1, 3, -1, -1), sd["encoder.proj.weight"], stride=16),
+                               F.conv2d(x, tok.encoder.proj.weight, stride=16), rtol=1e-4, atol=1e-4)
+
+
 def _mlp(sd: dict, prefix: str, dim_in: int, width: int, dim_out: int, blocks: int, gen) -> None:
     """A reference BottleneckMLP (expansion 4)."""
     _linear(sd, f"{prefix}.linear_in", width, dim_in, gen)
