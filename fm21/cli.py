@@ -402,6 +402,30 @@ def _address(address: Optional[str]) -> str:
     return address
 
 
+# ---------------------------------------------------------------- fm21 import (released weights)
+import_app = typer.Typer(no_args_is_help=True, help="Import released weights into fm21 checkpoints.")
+app.add_typer(import_app, name="import")
+
+
+@import_app.command("tokenizer", epilog="Example: fm21 import tokenizer --name EPFL-VILAB/4M_tokenizers_semseg_4k_224-448 "
+                    "--out tokenizers/tok_semseg")
+@one_line_errors
+def import_tokenizer_cmd(
+    out: Annotated[str, typer.Option("--out", help="fm21 tokenizer checkpoint folder to write")],
+    name: Annotated[Optional[str], typer.Option("--name", help="released hub repo (downloads)")] = None,
+    path: Annotated[Optional[str], typer.Option("--path", help="local folder with config.json + model.safetensors")] = None,
+    modality: Annotated[Optional[str], typer.Option("--modality", help="fm21 modality (default: the release's)")] = None,
+    resolution: Annotated[Optional[int], typer.Option("--resolution", help="fm21 spec resolution (default 224)")] = None,
+) -> None:
+    """A released 4M tokenizer -> an fm21 tokenizer folder (a DiVAE's diffusion decoder stays random)."""
+    from fm21.tokenize.import_released import import_tokenizer
+
+    report = import_tokenizer(out, name=name, path=path, modality=modality, resolution=resolution)
+    random = f"; random (not imported): {', '.join(report['random'])}" if report["random"] else ""
+    typer.echo(f"{report['modality']}: {report['family']}, {report['mapped']} tensors mapped, fingerprint "
+               f"{report['fingerprint']} -> {out}{random}")
+
+
 def main_cli(argv: list[str] | None = None) -> Any:
     """The console script: global options anywhere, then the Typer app."""
     return app(args=hoist_global_options(list(sys.argv[1:] if argv is None else argv)), prog_name="fm21")

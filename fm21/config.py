@@ -159,8 +159,11 @@ class VQTokenizerConfig(Strict):
 
     # The tokenizer family of this modality; None: the registry's (ModalitySpec.tokenizer).
     family: str | None = None
-    hidden_dim: int = 64
-    num_layers: int = 2  # residual blocks per stage
+    trunk: Literal["conv", "vit"] = "conv"  # vit: the reference's ViT encoder/decoder (fm21.tokenize.vit)
+    hidden_dim: int = 64  # vit: the transformer width (ViT-B 768)
+    num_layers: int = 2  # conv: residual blocks per stage; vit: transformer blocks (ViT-B 12)
+    num_heads: int = 0  # vit: attention heads (0: hidden_dim / 64)
+    class_embed_dim: int = 32  # semseg: class embedding width (the reference's 64)
     latent_dim: int = 32
     steps: int = 300
     batch_size: int = 32
