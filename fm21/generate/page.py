@@ -78,9 +78,11 @@ def render_page(run: TrainedRun) -> str:
     inputs = page_inputs(run)
     fields = []
     if "image" in inputs:
-        fields.append(f'<label>image ({html.escape(inputs["image"])}) <input id="image" type="file" accept="image/*"></label>')
+        name = html.escape(inputs["image"])
+        fields.append(f'<label>image ({name}) <input id="image" type="file" accept="image/*"></label>')
     if "caption" in inputs:
-        fields.append(f'<label>caption ({html.escape(inputs["caption"])}) <input id="caption" type="text" size="40"></label>')
+        name = html.escape(inputs["caption"])
+        fields.append(f'<label>caption ({name}) <input id="caption" type="text" size="40"></label>')
     targets = "".join(f'<label><input type="checkbox" value="{html.escape(n)}"{" checked" if i == 0 else ""}> '
                       f'{html.escape(n)}</label>'
                       for i, n in enumerate(n for n, s in run.specs.items() if s.can_be_target))

@@ -5,7 +5,6 @@ output here is tagged random."""
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -13,20 +12,16 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from tiny_run import build_run  # noqa: E402
-
-from fm21.cli import app  # noqa: E402
-from fm21.generate.driver import Settings, generate_sample, given_conditions  # noqa: E402
-from fm21.generate.inputs import read_condition  # noqa: E402
-from fm21.generate.run import GenerateError, open_run  # noqa: E402
-from fm21.tokenize.serialize import parse_metadata  # noqa: E402
+from fm21.cli import app 
+from fm21.generate.driver import Settings, generate_sample, given_conditions 
+from fm21.generate.inputs import read_condition 
+from fm21.generate.run import GenerateError, open_run 
+from fm21.tokenize.serialize import parse_metadata 
 
 
 @pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
+def tiny(tmp_path_factory, tiny_workdir):
     root = tmp_path_factory.mktemp("gen")
-    build_run(root / "work")
     files = root / "in"
     (files / "photos").mkdir(parents=True)
     rng = np.random.default_rng(0)
@@ -36,7 +31,7 @@ def tiny(tmp_path_factory):
     (files / "boxes.json").write_text(json.dumps([{"box": [0.1, 0.2, 0.5, 0.7], "class_name": "dog"}]))
     (files / "palette.json").write_text(json.dumps([[255, 0, 0], [0, 0, 255]]))
     (files / "broken.png").write_text("no image here")
-    return root / "work", files, open_run(root / "work")
+    return tiny_workdir, files, open_run(tiny_workdir)
 
 
 def _cli(work: Path, *args: str):
