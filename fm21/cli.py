@@ -373,7 +373,7 @@ def train_stop(
 
 
 # ------------------------------------------------------------------ fm21 import (released 4M models)
-import_app = typer.Typer(no_args_is_help=True, help="Import released models into fm21 checkpoints.")
+import_app = typer.Typer(no_args_is_help=True, help="Import released 4M-21 models and tokenizers into fm21 checkpoints.")
 app.add_typer(import_app, name="import")
 
 
@@ -402,11 +402,7 @@ def _address(address: Optional[str]) -> str:
     return address
 
 
-# ---------------------------------------------------------------- fm21 import (released weights)
-import_app = typer.Typer(no_args_is_help=True, help="Import released weights into fm21 checkpoints.")
-app.add_typer(import_app, name="import")
-
-
+# ---------------------------------------------------------------- fm21 import tokenizer (released weights)
 @import_app.command("tokenizer", epilog="Example: fm21 import tokenizer --name EPFL-VILAB/4M_tokenizers_semseg_4k_224-448 "
                     "--out tokenizers/tok_semseg")
 @one_line_errors
@@ -424,6 +420,68 @@ def import_tokenizer_cmd(
     random = f"; random (not imported): {', '.join(report['random'])}" if report["random"] else ""
     typer.echo(f"{report['modality']}: {report['family']}, {report['mapped']} tensors mapped, fingerprint "
                f"{report['fingerprint']} -> {out}{random}")
+
+
+# ------------------------------------------------------------------------------ generate
+@app.command(epilog="Examples:\n\n\b\n"
+             "  fm21 generate --cond rgb=img.png --target tok_depth --target caption --out gen\n"
+             "  fm21 generate --cond caption='a red cube' --cond metadata='brightness=120' --target tok_semseg\n"
+             "  fm21 generate --batch-dir photos --target tok_depth --out gen\n"
+             "  fm21 generate --from-store --where \"split = 'val'\" --limit 4 --cond rgb --target tok_normal\n"
+             "  fm21 generate --serve --port 8800   (then open http://127.0.0.1:8800)")
+@one_line_errors
+def generate(
+    cond: Annotated[Optional[list[str]], typer.Option(
+        "--cond", help="MODALITY=FILE or MODALITY=TEXT (with --from-store: a bare MODALITY read from the store)")] = None,
+    target: Annotated[Optional[list[str]], typer.Option(
+        "--target", help="modality to generate; repeat: generated in order, each conditioning the next")] = None,
+    out: Annotated[str, typer.Option("--out", help="output folder")] = "generated",
+    scheme: Annotated[str, typer.Option("--scheme", help="grid decoding: maskgit | roar")] = "maskgit",
+    steps: Annotated[int, typer.Option("--steps", help="decoding steps per grid target")] = 8,
+    temperature: Annotated[float, typer.Option("--temperature", help="sampling temperature (0: greedy)")] = 1.0,
+    top_k: Annotated[Optional[float], typer.Option("--top-k", help="keep the k best ids (< 1: a fraction)")] = None,
+    top_p: Annotated[Optional[float], typer.Option("--top-p", help="nucleus sampling mass")] = None,
+    cfg: Annotated[float, typer.Option("--cfg", help="classifier-free guidance scale (1: none)")] = 1.0,
+    seed: Annotated[int, typer.Option("--seed", help="sampling seed")] = 0,
+    batch_dir: Annotated[Optional[str], typer.Option(
+        "--batch-dir", help="every image in this folder as the rgb condition")] = None,
+    from_store: Annotated[bool, typer.Option("--from-store", help="condition on rows of the run's tokens store")] = False,
+    where: Annotated[Optional[str], typer.Option("--where", help="Lance filter on the tokens store")] = None,
+    limit: Annotated[int, typer.Option("--limit", help="most store rows to generate from")] = 8,
+    serve_page: Annotated[bool, typer.Option("--serve", help="serve the local generation page instead")] = False,
+    port: Annotated[int, typer.Option("--port", help="loopback port of the page")] = 8800,
+) -> None:
+    """Generate any modalities of a trained run from any given ones (files or text)."""
+    from pathlib import Path
+
+    from fm21.generate import driver
+    from fm21.generate.inputs import parse_assignment
+    from fm21.generate.run import GenerateError, open_run
+
+    run = open_run(_cfg().workdir)
+    if serve_page:
+        from fm21.generate.page import serve as serve_generation_page
+
+        typer.echo(f"fm21 generate: http://127.0.0.1:{port} (Ctrl-C stops)")
+        serve_generation_page(run, port=port)
+        return
+    settings = driver.Settings(scheme=scheme, num_steps=steps, temperature=temperature,
+                               top_k=driver.top_k_value(top_k), top_p=top_p, cfg_scale=cfg, seed=seed)
+    items = list(cond or [])
+    stored = [c for c in items if "=" not in c] if from_store else []
+    given = driver.given_conditions(run, [parse_assignment(c) for c in items if c not in stored])
+    targets, out_dir = list(target or []), Path(out)
+    if from_store and batch_dir:
+        raise GenerateError("give --batch-dir or --from-store, not both")
+    if from_store:
+        result = driver.generate_from_store(run, stored, given, targets, settings, out_dir, where=where, limit=limit)
+    elif batch_dir:
+        result = driver.generate_folder(run, Path(batch_dir), given, targets, settings, out_dir)
+    else:
+        result = driver.generate_sample(run, given, targets, settings, out_dir)
+    count = result.get("num_samples", 1)
+    note = f" [random weights: {', '.join(result['random_parts'])}]" if result.get("random_parts") else ""
+    typer.echo(f"generated {', '.join(targets)} for {count} sample(s) into {out_dir}{note}")
 
 
 def main_cli(argv: list[str] | None = None) -> Any:
