@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from fm21.modalities import ModalitySpec
-from fm21.train.blocks import DecoderBlock, EncoderBlock, attention_allowed, layer_norm
+from fm21.train.blocks import DecoderBlock, EncoderBlock, LayerCache, attention_allowed, layer_norm
 from fm21.train.embeddings import (
     DECODER_EMBEDDINGS, ENCODER_EMBEDDINGS, init_mae, scale_sincos_tables, set_sincos_2d_order,
 )
@@ -240,6 +240,40 @@ class FourM(nn.Module):
         y = slots.y
         for block in self.decoder:
             y = block(y, context, self_allowed=slots.self_allowed, cross_allowed=cross_allowed)
+        return self.decoder_norm(y)
+
+    # -------------------------------------------------------------------------- cached decoding
+    # Incremental decoding of one causal (sequence) target for autoregressive generation.
+    # Additive: training and :meth:`forward_logits` never call these. Slot i of a sequence
+    # target embeds the token at tensor index i and predicts index i + 1, exactly as
+    # :class:`~fm21.train.embeddings.SequenceDecoderEmbedding` builds it under teacher forcing.
+    def new_decode_cache(self) -> list[LayerCache]:
+        """An empty K/V cache, one :class:`LayerCache` per decoder layer."""
+        return [LayerCache() for _ in self.decoder]
+
+    def sequence_queries(self, name: str, ids: torch.Tensor, first_position: int) -> torch.Tensor:
+        """Decoder inputs (B, T, D) of the next T slots of sequence target ``name``: token
+        ``ids`` (B, T) + the 1D position of each slot counted over the target slots
+        (``first_position`` = how many target slots precede them) + the modality embedding."""
+        emb = self.decoder_embeddings[name]
+        T = ids.shape[1]
+        pos = emb.pos_table[:, first_position:first_position + T]  # (1, T, D)
+        return emb.token_emb(ids) + pos + self.mod_emb[name]
+
+    def decode_cached(
+        self,
+        y: torch.Tensor,
+        context: torch.Tensor,
+        context_ignore: torch.Tensor,
+        cache: list[LayerCache],
+    ) -> torch.Tensor:
+        """Run the decoder on the next causal positions ``y`` (B, T, D), attending to the
+        positions already in ``cache`` (which this extends) -> normalized (B, T, D).
+        ``context``/``context_ignore`` come from :meth:`encode`; their K/V are cached on the
+        first call."""
+        cross_allowed = attention_allowed(context_ignore.unsqueeze(1))
+        for block, layer_cache in zip(self.decoder, cache):
+            y = block.forward_cached(y, context, cross_allowed=cross_allowed, cache=layer_cache)
         return self.decoder_norm(y)
 
     # -------------------------------------------------------------------------- outputs
