@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import copy
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_serializer, model_validator
@@ -173,6 +173,15 @@ class VQTokenizerConfig(Strict):
     dead_code_coef: float = 32.0
 
     _family = field_validator("family")(_known_family)
+
+    # Keys added after tokenizers were trained with this model: at their defaults they
+    # stay out of the dump, so those tokenizers keep their fingerprints (and are reused).
+    _LATER_KEYS: ClassVar[dict[str, Any]] = {"trunk": "conv", "num_heads": 0, "class_embed_dim": 32}
+
+    @model_serializer(mode="wrap")
+    def _omit_later_defaults(self, handler):
+        return {k: v for k, v in handler(self).items()
+                if not (k in self._LATER_KEYS and v == self._LATER_KEYS[k])}
 
 
 class FamilyOptions(Strict):
