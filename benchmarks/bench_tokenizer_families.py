@@ -161,7 +161,8 @@ class Bench:
         rng = np.random.default_rng(0)
         train = SYNTHETIC[spec.label_kind](spec, args.train_samples, rng)
         self.apply_labels = SYNTHETIC[spec.label_kind](spec, args.apply_samples, rng)
-        self.run, self.batch_size = step_runner(case, spec, self.options, self.tok, train, args.device)
+        self.run, batch_size = step_runner(case, spec, self.options, self.tok, train, args.device)
+        self.batch_size = min(batch_size, len(train))  # the loops draw min(batch, samples) rows
         self.run(args.warmup)  # untimed: first-call allocations, lazy inits
         self.times: dict[str, list[float]] = {"train_step_s": [], "encode_s": [], "decode_s": []}
 
@@ -172,9 +173,10 @@ class Bench:
         many = _seconds(lambda: self.run(self.steps + 1), self.device)
         self.times["train_step_s"].append(max(many - one, 1e-9) / self.steps)
         self.tok.cpu()  # the label-space API works on CPU tensors
-        self.ids = self.tok.encode_labels(self.apply_labels[:1])  # first call of eval mode: untimed
-        self.times["encode_s"].append(_seconds(lambda: setattr(self, "ids", self.tok.encode_labels(self.apply_labels)),
-                                               "cpu"))
+        self.tok.encode_labels(self.apply_labels[:1])  # untimed: the first call in eval mode
+        ids: list[np.ndarray] = []
+        self.times["encode_s"].append(_seconds(lambda: ids.append(self.tok.encode_labels(self.apply_labels)), "cpu"))
+        self.ids = ids[0]  # (n, tokens) int16
         self.times["decode_s"].append(_seconds(lambda: self.tok.decode_labels(self.ids), "cpu"))
         self.tok.to(self.device)
 
@@ -182,8 +184,8 @@ class Bench:
         med = {k: float(np.median(v)) for k, v in self.times.items()}
         n = len(self.apply_labels)
         c = self.tok.config
-        return {"name": self.case.name, "family": self.case.family, "modality": self.case.modality, "options": self.source,
-                "recipe": family_options(self.options), "weights": "random",
+        return {"name": self.case.name, "family": self.case.family, "modality": self.case.modality,
+                "options": self.source, "recipe": family_options(self.options), "weights": "random",
                 "params": sum(p.numel() for p in self.tok.parameters()),
                 "tokens_per_sample": int(self.ids.shape[1]), "codebook_size": int(c.vocab_size),
                 "batch_size": self.batch_size, "decode_steps": getattr(c, "decode_steps", None),
