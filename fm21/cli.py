@@ -224,6 +224,9 @@ def _echo_outputs(cfg: FlowConfig) -> None:
 
     wd = Workdir(cfg.workdir)
     typer.echo(f"\nworkdir {wd.root}: shards {wd.shards_dir}, labels {wd.labels_uri}, tokens {wd.tokens_uri}")
+    tokenizers = wd.stage_dir("tokenizers") / "report.md"
+    if tokenizers.exists():
+        typer.echo(f"tokenizers {tokenizers}")
     report = wd.reports_dir / "report.md"
     if report.exists():
         typer.echo(f"report {report} (samples: {wd.reports_dir / 'samples.png'}, loss: {wd.stage_dir('train') / 'loss.png'})")

@@ -143,8 +143,16 @@ def split_options(options: dict[str, Any]) -> tuple[dict[str, Any], dict[str, An
 
 
 def diffusion_loss_fn(prep: Preprocessor) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
-    """The reference DiVAE losses: smooth-L1 for depth and edge maps, MSE otherwise."""
-    return F.smooth_l1_loss if isinstance(prep, (DepthPreprocessor, EdgePreprocessor)) else F.mse_loss
+    """The reference DiVAE losses: smooth-L1 for depth and edge maps, MSE otherwise. Edge
+    pixels weigh ``prep.pos_weight`` times the background, as in the VQ-VAE's edge BCE: a
+    1-px edge map (about 5 % positives) under an unweighted x0 loss decodes to "no edge"
+    at demo budgets (F1 = 0 after 250 steps, measured)."""
+    if isinstance(prep, EdgePreprocessor):
+        def weighted_smooth_l1(pred: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+            weight = torch.where(x > 0, prep.pos_weight, 1.0)  # x in [-1, 1]: edges at +1
+            return (F.smooth_l1_loss(pred, x, reduction="none") * weight).sum() / weight.sum()
+        return weighted_smooth_l1
+    return F.smooth_l1_loss if isinstance(prep, DepthPreprocessor) else F.mse_loss
 
 
 def x0_to_output(prep: Preprocessor, x0: torch.Tensor) -> torch.Tensor:

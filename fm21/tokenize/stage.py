@@ -62,6 +62,7 @@ from fm21.tokenize.families import (
     recipe_options,
     trains_tokenizer,
 )
+from fm21.tokenize.report import tokenizer_report
 from fm21.tokenize.sequences import corpus_of
 
 log = logging.getLogger("fm21")
@@ -349,6 +350,10 @@ def run_tokenizers(cfg: TokenizersConfig, ctx) -> dict:
         log.info("tokenizers: reused %s (inputs unchanged)", reused)
     report = {n: report[n] for n in [*names, TEXT_DIR] if n in report}
     fs.write_atomic(out_dir / "summary.json", json.dumps(report, indent=2))
+    provenance = labels_meta.get("specialists") or {}
+    random_labels = {n: bool((provenance.get(ctx.specs[n].specialist) or {}).get("random"))
+                     for n in report if n in ctx.specs}
+    fs.write_atomic(out_dir / "report.md", tokenizer_report(report, random_labels))
     return {"tokenizers": {n: r["fingerprint"] for n, r in report.items()}, "train_samples": len(keys),
             "trained": [n for n in report if n not in reused and n not in skipped], "reused": reused,
             "skipped": skipped}
