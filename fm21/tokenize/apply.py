@@ -273,7 +273,7 @@ class TokenizeActor:
     def _ids(self, text: str | list[str] | None) -> list[int] | None:
         if text is None:
             return None
-        if isinstance(text, list):  # metadata chunks: one field = exactly two ids
+        if isinstance(text, list):  # metadata chunks (one field = two ids), or the palettes of every k
             return [i for chunk in text for i in self.text.encode(chunk)]
         return self.text.encode(text)
 
