@@ -84,9 +84,13 @@ class LanceTokenDataset(IterableDataset):
       batch to worker ``i % num_workers``, so worker ``w`` serves stream
       ``(start_step + w) % N`` for the whole run, whatever step it resumes at.
     - *Ranks.* Rank ``r`` of ``W`` takes batch positions ``[r * B / W, (r + 1) * B / W)``.
-    - *Samples.* The sample at batch position ``p`` of step ``s`` draws everything from its
-      own ``default_rng([seed, s, p])``: its store (weights of ``stores``), then at load
-      the metadata chunk order and the palette size (:func:`row_to_sample`), then its masks.
+    - *Samples.* The stores of step ``s``'s samples are drawn together from
+      ``default_rng([seed, s])`` (weights of ``stores``); everything else the sample at batch
+      position ``p`` draws comes from its own ``default_rng([seed, s, p])``: at load the
+      metadata chunk order and the palette size (:func:`row_to_sample`), then its masks.
+    - *Read-ahead.* A reader entering rows it lacks also reads the rows this rank will
+      need in the next ``readahead_steps`` steps of the same shuffle window, one ``take``
+      per fragment for them all.
     - *Stores.* Every store's stream advances by ``B`` positions a step; a position's row
       is read only from the store drawn for it. A store of weight ``w`` thus gives each
       step ``~w * B`` samples and sees each of its rows ``w`` times an epoch on average.
@@ -114,6 +118,7 @@ class LanceTokenDataset(IterableDataset):
         start_step: int = 0,
         num_crops: int | None = None,
         collate: Callable[[list], Any] | None = None,
+        readahead_steps: int = 8,
     ) -> None:
         if batch_size % world_size:
             raise ValueError(f"batch_size {batch_size} is not divisible by {world_size} ranks")
@@ -127,9 +132,11 @@ class LanceTokenDataset(IterableDataset):
         self.rank, self.world_size, self.num_streams, self.start_step = rank, world_size, num_streams, start_step
         self.num_crops = num_crops  # None: each store's layout metadata (1 if it has none)
         self.collate = collate
+        self.readahead_steps = readahead_steps  # steps of this rank's rows read at once (memory: their rows)
         self.columns = ["key", "crop", *specs]
         weights = np.array([w for _, w in self.stores])
         self._cumulative = np.cumsum(weights) / weights.sum()
+        self._choices: dict[int, np.ndarray] = {}  # step -> stores of its samples
 
     def layout(self) -> dict[str, Any]:
         """What, besides the step, decides the batch stream: a resume with another layout
@@ -139,11 +146,19 @@ class LanceTokenDataset(IterableDataset):
                 "shuffle_buffer": self.shuffle_buffer, "num_streams": self.num_streams,
                 "stores": [list(s) for s in self.stores], "sample_rng": "seed/step/position"}
 
-    def store_of(self, rng: np.random.Generator) -> int:
-        """The store of one sample (one uniform draw; none with a single store)."""
+    def stores_of(self, step: int) -> np.ndarray:
+        """The store of each of the ``batch_size`` samples of ``step``: all drawn at once from
+        ``default_rng([seed, step])``, so any rank (or a read-ahead) finds them cheaply."""
         if len(self.stores) == 1:
-            return 0
-        return int(np.searchsorted(self._cumulative, rng.random(), side="right").clip(0, len(self.stores) - 1))
+            return np.zeros(self.batch_size, np.int64)
+        cached = self._choices.get(step)
+        if cached is None:
+            if len(self._choices) > 256:
+                self._choices.clear()
+            u = np.random.default_rng([self.seed, step]).random(self.batch_size)
+            cached = self._choices[step] = np.minimum(np.searchsorted(self._cumulative, u, side="right"),
+                                                      len(self.stores) - 1)
+        return cached
 
     def __iter__(self) -> Iterator[Any]:
         info = get_worker_info()
@@ -155,19 +170,31 @@ class LanceTokenDataset(IterableDataset):
         collate = self.collate or collate_mod_dicts
         step = self.start_step + worker
         readers = self.open_streams(step % self.num_streams)
-        per_rank = self.batch_size // self.world_size
-        mine = range(self.rank * per_rank, (self.rank + 1) * per_rank)
+        mine = self._mine()
         while True:
             base = (step // self.num_streams) * self.batch_size
-            rngs = [np.random.default_rng([self.seed, step, p]) for p in mine]
-            store = [self.store_of(rng) for rng in rngs]
-            rows: list[dict[str, Any] | None] = [None] * per_rank
+            store = self.stores_of(step)
+            rows: dict[int, dict[str, Any]] = {}
             for j, reader in enumerate(readers):
-                chosen = [i for i in range(per_rank) if store[i] == j]
-                for i, row in zip(chosen, reader.rows_at([base + mine[i] for i in chosen])):
-                    rows[i] = row
-            yield collate([self._sample(row, rng) for row, rng in zip(rows, rngs)])
+                chosen = [p for p in mine if store[p] == j]
+                rows.update(zip(chosen, reader.rows_at([base + p for p in chosen])))
+            # everything else a sample draws (load transforms, masks) comes from its own rng
+            yield collate([self._sample(rows[p], np.random.default_rng([self.seed, step, p])) for p in mine])
             step += self.num_streams
+
+    def _mine(self) -> range:
+        """This rank's positions in every global batch."""
+        per_rank = self.batch_size // self.world_size
+        return range(self.rank * per_rank, (self.rank + 1) * per_rank)
+
+    def _wanted(self, stream: int, store: int):
+        """Whether this rank will read stream position ``q`` of ``store`` (for read-ahead)."""
+        mine, size, streams = self._mine(), self.batch_size, self.num_streams
+
+        def wanted(q: int) -> bool:
+            p = q % size
+            return p in mine and int(self.stores_of((q // size) * streams + stream)[p]) == store
+        return wanted
 
     def open_streams(self, stream: int) -> list[StoreStream]:
         """One reader per store for ``stream``, projected on the modalities it holds."""
@@ -180,7 +207,8 @@ class LanceTokenDataset(IterableDataset):
             readers.append(StoreStream(uri, ["key", "crop", *present], split=self.split,
                                        shuffle_buffer=self.shuffle_buffer, seed=self.seed, stream=stream,
                                        num_streams=self.num_streams, num_crops=self.num_crops,
-                                       salt=() if j == 0 else (j,)))
+                                       salt=() if j == 0 else (j,), wanted=self._wanted(stream, j),
+                                       readahead=self.readahead_steps * self.batch_size))
         return readers
 
     def _sample(self, row: dict[str, Any], rng: np.random.Generator) -> Any:

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass, field
-from typing import Any, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 
@@ -92,7 +92,7 @@ class StoreStream:
 
     def __init__(self, uri: str, columns: Sequence[str], *, split: str, shuffle_buffer: int, seed: int,
                  stream: int, num_streams: int, num_crops: int | None = None, salt: tuple[int, ...] = (),
-                 counts: dict[int, int] | None = None) -> None:
+                 wanted: Callable[[int], bool] | None = None, readahead: int = 0) -> None:
         import lance
 
         from fm21.store.tokens import read_schema_metadata
@@ -103,7 +103,12 @@ class StoreStream:
         self.stream, self.num_streams = stream, num_streams
         self.num_crops = num_crops or int(read_schema_metadata(ds.schema)["layout"].get("num_crops", 1))
         self.fragments = sorted(ds.get_fragments(), key=lambda f: f.fragment_id)
-        self._counts = {} if counts is None else counts  # fragment id -> keys in the split (the store only grows)
+        self._counts: dict[int, int] = {}  # fragment id -> keys in the split (the store only grows)
+        # Read-ahead: on a miss at position p, the rows of the positions in [p, p + readahead)
+        # of the same window that ``wanted`` says this reader will ask for are read too,
+        # with one ``take`` per fragment (Lance calls cost more than the rows they read).
+        self.wanted, self.readahead = wanted, readahead
+        self._cache: dict[int, dict[str, Any]] = {}  # position -> row read ahead
         self._epoch_windows: list[_Window] = []
         self._next_epoch = 0
         self._current: _Window | None = None
@@ -112,19 +117,33 @@ class StoreStream:
     # ------------------------------------------------------------------ positions
     def rows_at(self, positions: Sequence[int]) -> list[dict[str, Any]]:
         """The rows at increasing stream ``positions`` (never before an earlier call's)."""
-        wanted: dict[int, tuple[Any, list[tuple[int, int]]]] = {}  # fragment id -> (fragment, [(i, offset)])
-        for i, pos in enumerate(positions):
+        for pos in positions:
+            if pos in self._cache:
+                continue
+            window = self._window_at(pos)  # reads go window by window, in order
+            end = window.start + window.size
+            batch = {q for q in positions if pos <= q < end and q not in self._cache}
+            if self.wanted is not None:
+                batch.update(q for q in range(pos + 1, min(end, pos + self.readahead))
+                             if q not in self._cache and self.wanted(q))
+            self._cache.update(self._read(sorted(batch)))
+        return [self._cache.pop(p) for p in positions]
+
+    def _read(self, positions: list[int]) -> dict[int, dict[str, Any]]:
+        """Rows at increasing ``positions``: one ``take`` per fragment, projected on ``columns``."""
+        wanted: dict[int, tuple[Any, list[tuple[int, int]]]] = {}  # fragment id -> (fragment, [(pos, offset)])
+        for pos in positions:
             window = self._window_at(pos)
             frag, offset = self._rows(window)[pos - window.start]
-            wanted.setdefault(frag.fragment_id, (frag, []))[1].append((i, offset))
-        out: list[dict[str, Any] | None] = [None] * len(positions)
+            wanted.setdefault(frag.fragment_id, (frag, []))[1].append((pos, offset))
+        out: dict[int, dict[str, Any]] = {}
         for frag, items in wanted.values():
             offsets = sorted({o for _, o in items})
             rows = dict(zip(offsets, table_rows(frag.take(offsets, columns=self.columns))))
             self.rows_read += len(offsets)
-            for i, offset in items:
-                out[i] = rows[offset]
-        return out  # type: ignore[return-value]
+            for pos, offset in items:
+                out[pos] = rows[offset]
+        return out
 
     def _window_at(self, pos: int) -> _Window:
         if self._current is not None and pos < self._current.start:
