@@ -67,7 +67,7 @@ def main() -> None:
 
     torch.set_num_threads(1)
     cfg = load_config(overrides=[f"workdir={args.workdir}"])
-    uri, specs = Workdir(cfg.workdir).tokens_uri, cfg.specs()
+    uri, specs = Workdir(cfg.workdir).tokens_uri, cfg.train.select(cfg.specs())
     measure(cfg, uri, specs, num_workers=0, num_batches=1, start=0)  # warm-up: imports, Lance runtime
     rows = []
     for ranks in (int(r) for r in args.ranks.split(",")):

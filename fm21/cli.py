@@ -14,6 +14,7 @@ Examples:
 from __future__ import annotations
 
 import functools
+import json
 import logging
 import sys
 from typing import Annotated, Any, Callable, Optional
@@ -371,10 +372,116 @@ def train_stop(
     typer.echo(f"{job_id}: {'stop requested' if stopped else 'not running'}")
 
 
+# ------------------------------------------------------------------ fm21 import (released 4M models)
+import_app = typer.Typer(no_args_is_help=True, help="Import released 4M-21 models and tokenizers into fm21 checkpoints.")
+app.add_typer(import_app, name="import")
+
+
+@import_app.command("4m21", epilog="Example: fm21 import 4m21 --size B --from EPFL-VILAB/4M-21_B --out work/4m21-b")
+@one_line_errors
+def import_4m21_cmd(
+    size: Annotated[str, typer.Option("--size", help="B, L or XL: checked against the release's config")],
+    source: Annotated[Optional[str], typer.Option(
+        "--from", help="a folder with model.safetensors + config.json, or a Hub id (default EPFL-VILAB/4M-21_<size>)")] = None,
+    out: Annotated[str, typer.Option("--out", help="the fm21 checkpoint folder to write")] = "4m21",
+) -> None:
+    """Convert a released 4M-21 model (apple/ml-4m `fourm/models/fm.py` FM) into an fm21
+    checkpoint folder that `fm21.train.checkpoint.load_checkpoint` and evaluation read."""
+    from fm21.train.import_4m21 import HUB_IDS, import_4m21
+
+    key = size.upper()
+    if key not in HUB_IDS:
+        raise typer.BadParameter(f"--size must be one of {', '.join(HUB_IDS)}")
+    report = import_4m21(source or HUB_IDS[key], out, size=key)
+    typer.echo(json.dumps(report))
+
+
 def _address(address: Optional[str]) -> str:
     if not address:
         raise typer.BadParameter("give --address http://HEAD:8265 (or set RAY_API_SERVER_ADDRESS)")
     return address
+
+
+# ---------------------------------------------------------------- fm21 import tokenizer (released weights)
+@import_app.command("tokenizer", epilog="Example: fm21 import tokenizer --name EPFL-VILAB/4M_tokenizers_semseg_4k_224-448 "
+                    "--out tokenizers/tok_semseg")
+@one_line_errors
+def import_tokenizer_cmd(
+    out: Annotated[str, typer.Option("--out", help="fm21 tokenizer checkpoint folder to write")],
+    name: Annotated[Optional[str], typer.Option("--name", help="released hub repo (downloads)")] = None,
+    path: Annotated[Optional[str], typer.Option("--path", help="local folder with config.json + model.safetensors")] = None,
+    modality: Annotated[Optional[str], typer.Option("--modality", help="fm21 modality (default: the release's)")] = None,
+    resolution: Annotated[Optional[int], typer.Option("--resolution", help="fm21 spec resolution (default 224)")] = None,
+) -> None:
+    """A released 4M tokenizer -> an fm21 tokenizer folder (a DiVAE's diffusion decoder stays random)."""
+    from fm21.tokenize.import_released import import_tokenizer
+
+    report = import_tokenizer(out, name=name, path=path, modality=modality, resolution=resolution)
+    random = f"; random (not imported): {', '.join(report['random'])}" if report["random"] else ""
+    typer.echo(f"{report['modality']}: {report['family']}, {report['mapped']} tensors mapped, fingerprint "
+               f"{report['fingerprint']} -> {out}{random}")
+
+
+# ------------------------------------------------------------------------------ generate
+@app.command(epilog="Examples:\n\n\b\n"
+             "  fm21 generate --cond rgb=img.png --target tok_depth --target caption --out gen\n"
+             "  fm21 generate --cond caption='a red cube' --cond metadata='brightness=120' --target tok_semseg\n"
+             "  fm21 generate --batch-dir photos --target tok_depth --out gen\n"
+             "  fm21 generate --from-store --where \"split = 'val'\" --limit 4 --cond rgb --target tok_normal\n"
+             "  fm21 generate --serve --port 8800   (then open http://127.0.0.1:8800)")
+@one_line_errors
+def generate(
+    cond: Annotated[Optional[list[str]], typer.Option(
+        "--cond", help="MODALITY=FILE or MODALITY=TEXT (with --from-store: a bare MODALITY read from the store)")] = None,
+    target: Annotated[Optional[list[str]], typer.Option(
+        "--target", help="modality to generate; repeat: generated in order, each conditioning the next")] = None,
+    out: Annotated[str, typer.Option("--out", help="output folder")] = "generated",
+    scheme: Annotated[str, typer.Option("--scheme", help="grid decoding: maskgit | roar")] = "maskgit",
+    steps: Annotated[int, typer.Option("--steps", help="decoding steps per grid target")] = 8,
+    temperature: Annotated[float, typer.Option("--temperature", help="sampling temperature (0: greedy)")] = 1.0,
+    top_k: Annotated[Optional[float], typer.Option("--top-k", help="keep the k best ids (< 1: a fraction)")] = None,
+    top_p: Annotated[Optional[float], typer.Option("--top-p", help="nucleus sampling mass")] = None,
+    cfg: Annotated[float, typer.Option("--cfg", help="classifier-free guidance scale (1: none)")] = 1.0,
+    seed: Annotated[int, typer.Option("--seed", help="sampling seed")] = 0,
+    batch_dir: Annotated[Optional[str], typer.Option(
+        "--batch-dir", help="every image in this folder as the rgb condition")] = None,
+    from_store: Annotated[bool, typer.Option("--from-store", help="condition on rows of the run's tokens store")] = False,
+    where: Annotated[Optional[str], typer.Option("--where", help="Lance filter on the tokens store")] = None,
+    limit: Annotated[int, typer.Option("--limit", help="most store rows to generate from")] = 8,
+    serve_page: Annotated[bool, typer.Option("--serve", help="serve the local generation page instead")] = False,
+    port: Annotated[int, typer.Option("--port", help="loopback port of the page")] = 8800,
+) -> None:
+    """Generate any modalities of a trained run from any given ones (files or text)."""
+    from pathlib import Path
+
+    from fm21.generate import driver
+    from fm21.generate.inputs import parse_assignment
+    from fm21.generate.run import GenerateError, open_run
+
+    run = open_run(_cfg().workdir)
+    if serve_page:
+        from fm21.generate.page import serve as serve_generation_page
+
+        typer.echo(f"fm21 generate: http://127.0.0.1:{port} (Ctrl-C stops)")
+        serve_generation_page(run, port=port)
+        return
+    settings = driver.Settings(scheme=scheme, num_steps=steps, temperature=temperature,
+                               top_k=driver.top_k_value(top_k), top_p=top_p, cfg_scale=cfg, seed=seed)
+    items = list(cond or [])
+    stored = [c for c in items if "=" not in c] if from_store else []
+    given = driver.given_conditions(run, [parse_assignment(c) for c in items if c not in stored])
+    targets, out_dir = list(target or []), Path(out)
+    if from_store and batch_dir:
+        raise GenerateError("give --batch-dir or --from-store, not both")
+    if from_store:
+        result = driver.generate_from_store(run, stored, given, targets, settings, out_dir, where=where, limit=limit)
+    elif batch_dir:
+        result = driver.generate_folder(run, Path(batch_dir), given, targets, settings, out_dir)
+    else:
+        result = driver.generate_sample(run, given, targets, settings, out_dir)
+    count = result.get("num_samples", 1)
+    note = f" [random weights: {', '.join(result['random_parts'])}]" if result.get("random_parts") else ""
+    typer.echo(f"generated {', '.join(targets)} for {count} sample(s) into {out_dir}{note}")
 
 
 def main_cli(argv: list[str] | None = None) -> Any:

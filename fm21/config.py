@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import copy
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_serializer, model_validator
@@ -66,6 +66,8 @@ class ModalitiesConfig(Strict):
     image_vocab_size: int | None = None  # None keeps the reference codebook sizes
     text_vocab_size: int | None = None  # total WordPiece vocab incl. 4,284 specials; None: 30k
     max_seq_len: int | None = None  # cap on every sequence length; None keeps the reference's
+    # width of frozen-embedding inputs (t5_caption): the T5 encoder's d_model; None: 4096 (T5-XXL)
+    embedding_dim: int | None = None
 
     @field_validator("enabled")
     @classmethod
@@ -157,8 +159,11 @@ class VQTokenizerConfig(Strict):
 
     # The tokenizer family of this modality; None: the registry's (ModalitySpec.tokenizer).
     family: str | None = None
-    hidden_dim: int = 64
-    num_layers: int = 2  # residual blocks per stage
+    trunk: Literal["conv", "vit"] = "conv"  # vit: the reference's ViT encoder/decoder (fm21.tokenize.vit)
+    hidden_dim: int = 64  # vit: the transformer width (ViT-B 768)
+    num_layers: int = 2  # conv: residual blocks per stage; vit: transformer blocks (ViT-B 12)
+    num_heads: int = 0  # vit: attention heads (0: hidden_dim / 64)
+    class_embed_dim: int = 32  # semseg: class embedding width (the reference's 64)
     latent_dim: int = 32
     steps: int = 300
     batch_size: int = 32
@@ -168,6 +173,15 @@ class VQTokenizerConfig(Strict):
     dead_code_coef: float = 32.0
 
     _family = field_validator("family")(_known_family)
+
+    # Keys added after tokenizers were trained with this model: at their defaults they
+    # stay out of the dump, so those tokenizers keep their fingerprints (and are reused).
+    _LATER_KEYS: ClassVar[dict[str, Any]] = {"trunk": "conv", "num_heads": 0, "class_embed_dim": 32}
+
+    @model_serializer(mode="wrap")
+    def _omit_later_defaults(self, handler):
+        return {k: v for k, v in handler(self).items()
+                if not (k in self._LATER_KEYS and v == self._LATER_KEYS[k])}
 
 
 class FamilyOptions(Strict):
@@ -278,8 +292,26 @@ def _typed_options(name: str, entry: Any) -> BaseModel:
 
 
 class TextTokenizerConfig(Strict):
-    min_frequency: int = 1
-    train_samples: int = 200_000  # rows of labels.lance whose texts train WordPiece (a hashed sample)
+    """The shared WordPiece tokenizer. ``train``: learn word pieces on this run's labels after
+    the fixed special tokens (a new vocabulary). ``released``: use the 4M release's 30k
+    tokenizer (apple/ml-4m `fourm/utils/tokenizer/trained/text_tokenizer_4m_wordpiece_30k.json`),
+    the ids the released 4M-21 models read, from ``path`` (a local file or URI, or a folder
+    holding ``hub_filename``) or the Hub repo ``hub_id``."""
+
+    source: Literal["train", "released"] = "train"
+    path: str | None = None  # released: the tokenizer JSON (or its folder)
+    hub_id: str | None = None  # released: a Hugging Face Hub repo holding it
+    hub_filename: str = "text_tokenizer_4m_wordpiece_30k.json"
+    min_frequency: int = 1  # train only
+    train_samples: int = 200_000  # train only: rows of labels.lance whose texts train WordPiece (a hashed sample)
+
+    @model_validator(mode="after")
+    def _one_origin(self) -> "TextTokenizerConfig":
+        if self.source == "released" and (self.path is None) == (self.hub_id is None):
+            raise ValueError("source: released needs exactly one of path or hub_id")
+        if self.source == "train" and (self.path is not None or self.hub_id is not None):
+            raise ValueError("path / hub_id are for source: released")
+        return self
 
 
 class TokenizersConfig(Strict):
@@ -359,6 +391,21 @@ class ModelConfig(Strict):
     # decoder queries to their patch. docs/learning.md has the measurements.
     token_emb_std: float = 0.02  # init std of the encoder's token embeddings
     pos_emb_scale: float = 1.0  # multiplies every fixed sin-cos position table
+    # The released 4M models' layout (`fm21 import 4m21` writes these into its checkpoint):
+    # a context projection with bias whatever ``bias`` says, and the reference's 2D sin-cos
+    # channel order. Defaults: fm21's architecture, unchanged.
+    context_bias: bool | None = None
+    sincos_2d_order: Literal["xy", "yx"] = "xy"
+
+    @model_serializer(mode="wrap")
+    def _omit_default_layouts(self, handler):
+        """Left out of the dump at their defaults, so that the run fingerprint of every
+        configuration that existed before them (and so its resume) is unchanged."""
+        out = handler(self)
+        for key, default in (("context_bias", None), ("sincos_2d_order", "xy")):
+            if out.get(key, default) == default:
+                out.pop(key, None)
+        return out
 
     @model_validator(mode="before")
     @classmethod
@@ -431,6 +478,9 @@ class TokenStoreSource(Strict):
 
 class TrainConfig(Strict):
     model: ModelConfig = ModelConfig()
+    # The modalities 4M trains on: a subset of modalities.enabled (null: all of them). The
+    # tokens store keeps every enabled modality; a run may spend its budget on fewer.
+    modalities: list[str] | None = None
     num_input_tokens: int = 256
     num_target_tokens: int = 256
     mixture: list[MixtureComponent] = Field(default_factory=lambda: [MixtureComponent()])
@@ -489,6 +539,10 @@ class TrainConfig(Strict):
                              f"({steps} steps of {per_step} tokens) disagree: set one of them")
         return {**data, "steps": steps}
 
+    def select(self, specs: dict[str, ModalitySpec]) -> dict[str, ModalitySpec]:
+        """The enabled ``specs`` 4M trains on (all of them unless ``modalities`` is set)."""
+        return specs if self.modalities is None else {n: s for n, s in specs.items() if n in self.modalities}
+
     @field_validator("loss_weights")
     @classmethod
     def _target_modalities(cls, value: dict[str, float]) -> dict[str, float]:
@@ -503,14 +557,52 @@ class TrainConfig(Strict):
 
 
 # ------------------------------------------------------------------------------ evaluate
+# Label kinds the evaluate stage has metrics for (fm21/evaluate/metrics.py HEADLINE keeps
+# the same keys; a test checks they agree): a target modality of such a kind is a task.
+EVALUABLE_LABEL_KINDS = ("depth", "normal", "classes", "boxes", "text", "rgb", "vector")
+
+
+def _evaluable_modality(name: str) -> str:
+    """A registry modality name, or the label column it is scored against (depth, normal,
+    semseg, det, caption, rgb, dinov2_global, ...) -> the target modality's name."""
+    if name in MODALITIES and MODALITIES[name].can_be_target:
+        spec = MODALITIES[name]
+    else:  # a label column (rgb names the input pixels and tok_rgb's labels alike)
+        found = [s for s in MODALITIES.values() if s.label_columns[0] == name and s.can_be_target]
+        if not found:
+            raise ValueError(f"{name!r} is neither a target modality of the registry nor the label column of one")
+        spec = found[0]
+    if not spec.can_be_target or spec.label_kind not in EVALUABLE_LABEL_KINDS:
+        evaluable = [s.name for s in MODALITIES.values() if s.can_be_target and s.label_kind in EVALUABLE_LABEL_KINDS]
+        raise ValueError(f"{name!r}: no evaluation for label kind {spec.label_kind!r}; evaluable targets: {evaluable}")
+    return spec.name
+
+
 class EvaluateConfig(Strict):
     num_samples: int = 64
-    tasks: list[Literal["depth", "normal", "semseg"]] = ["depth", "normal", "semseg"]
+    # Target modalities to evaluate (registry names; the label column a task is reported
+    # under -- depth, normal, semseg, det, caption, rgb -- is accepted for it). None:
+    # every evaluable target the run trained on. A listed target the run did not train is
+    # reported as skipped, with the reason.
+    tasks: list[str] | None = None
+    # X -> RGB: tok_rgb is generated from each of these conditions (those the run has)
+    rgb_from: list[str] = ["tok_depth", "tok_semseg", "caption"]
+    # Retrieval (the tasks of label kind vector: tok_dinov2_global, tok_imagebind_global):
+    # the target is generated from each of these conditions, decoded to an embedding and
+    # searched among the evaluation samples' true embeddings
+    retrieval_from: list[str] = ["rgb", "caption", "tok_depth", "tok_semseg"]
     scheme: Literal["roar", "maskgit"] = "maskgit"
     num_steps: int = 8
     temperature: float = 0.01
     num_grid_samples: int = 6
     seed: int = 0
+
+    @field_validator("tasks")
+    @classmethod
+    def _evaluable(cls, names: list[str] | None) -> list[str] | None:
+        return None if names is None else list(dict.fromkeys(_evaluable_modality(n) for n in names))
+
+    _names = field_validator("rgb_from", "retrieval_from")(_registry_names)
 
 
 # ------------------------------------------------------------------------------ root
@@ -529,6 +621,17 @@ class FlowConfig(Strict):
     train: TrainConfig = TrainConfig()
     evaluate: EvaluateConfig = EvaluateConfig()
 
+    @model_validator(mode="after")
+    def _train_modalities_enabled(self) -> FlowConfig:
+        wanted = self.train.modalities
+        if wanted is not None:
+            missing = [n for n in wanted if n not in self.modalities.enabled]
+            if missing:
+                raise ValueError(f"train.modalities {missing} are not in modalities.enabled")
+            if not any(MODALITIES[n].can_be_target for n in wanted):
+                raise ValueError("train.modalities names no modality that can be a target")
+        return self
+
     def specs(self) -> dict[str, ModalitySpec]:
         """The enabled modalities at this run's scale."""
         m = self.modalities
@@ -539,14 +642,20 @@ class FlowConfig(Strict):
             image_vocab_size=m.image_vocab_size,
             text_vocab_size=m.text_vocab_size,
             max_seq_len=m.max_seq_len,
+            embedding_dim=m.embedding_dim,
         )
 
 
 # ------------------------------------------------------------------------------ loading
 def _deep_merge(base: dict, over: dict) -> dict:
+    """``over`` wins key by key, dicts merged recursively, except that a dict naming another
+    ``family`` than the one it overrides (a tokenizer's options) replaces it whole: the
+    options of one tokenizer family mean nothing to another."""
     out = copy.deepcopy(base)
     for key, value in over.items():
-        if isinstance(value, dict) and isinstance(out.get(key), dict):
+        switched = (isinstance(value, dict) and isinstance(out.get(key), dict)
+                    and "family" in value and value["family"] != out[key].get("family", value["family"]))
+        if isinstance(value, dict) and isinstance(out.get(key), dict) and not switched:
             out[key] = _deep_merge(out[key], value)
         else:
             out[key] = copy.deepcopy(value)

@@ -49,7 +49,7 @@ class ModalitySpec:
     resolution: int | None = None  # pixels of the square crop the modality is made at
     patch_size: int | None = None  # pixels per token side on that crop
     num_global_tokens: int | None = None  # global_tokens only
-    max_seq_len: int | None = None  # sequence/embedding only, without the EOS
+    max_seq_len: int | None = None  # sequence/embedding only; the reference's max_tokens, EOS included
     num_channels: int | None = None  # tokenizer input channels (classes for semseg)
     embedding_dim: int | None = None  # embedding kind: width of the frozen vectors
     serialization: str | None = None  # sequence only: caption | det | color_palette | ...
@@ -117,13 +117,17 @@ class ModalitySpec:
         patch_size: int | None = None,
         vocab_size: int | None = None,
         max_seq_len: int | None = None,
+        embedding_dim: int | None = None,
     ) -> ModalitySpec:
         """A copy of this spec at another scale. The registry entry is left untouched.
 
         ``resolution`` and ``patch_size`` only apply to spatial modalities, ``vocab_size``
-        only to modalities that have one, and ``max_seq_len`` caps sequence lengths.
+        only to modalities that have one, ``max_seq_len`` caps sequence lengths and
+        ``embedding_dim`` sets the width of frozen-embedding inputs (T5 caption vectors).
         """
         changes: dict[str, int] = {}
+        if embedding_dim is not None and self.embedding_dim is not None:
+            changes["embedding_dim"] = embedding_dim
         if max_seq_len is not None and self.max_seq_len is not None:
             changes["max_seq_len"] = min(self.max_seq_len, max_seq_len)
         spatial = self.kind in ("pixels", "image_tokens", "feature_tokens")
@@ -250,11 +254,13 @@ def resolve_specs(
     image_vocab_size: int | None = None,
     text_vocab_size: int | None = None,
     max_seq_len: int | None = None,
+    embedding_dim: int | None = None,
 ) -> dict[str, ModalitySpec]:
     """The specs of one run: registry entries at the run's scale, in the given order."""
     out: dict[str, ModalitySpec] = {}
     for name in names:
         spec = get_spec(name)
         vocab = text_vocab_size if spec.is_sequence else image_vocab_size
-        out[name] = spec.at(resolution=resolution, patch_size=patch_size, vocab_size=vocab, max_seq_len=max_seq_len)
+        out[name] = spec.at(resolution=resolution, patch_size=patch_size, vocab_size=vocab,
+                            max_seq_len=max_seq_len, embedding_dim=embedding_dim)
     return out

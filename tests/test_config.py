@@ -83,3 +83,28 @@ def test_stdlib_tokenize_not_shadowed():
                          capture_output=True, text=True, cwd=ROOT)
     assert out.returncode == 0, out.stderr
     assert "fm21" not in out.stdout and out.stdout.strip().endswith("tokenize.py")
+
+
+def test_a_recipe_switching_tokenizer_family_replaces_the_entry(tmp_path):
+    base = load_config()
+    assert base.tokenizers.image["tok_sam_edge"].family == "divae"
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("tokenizers: {image: {tok_sam_edge: {family: vqvae, steps: 7},"
+                      " tok_rgb: {steps: 9}}}\n")
+    cfg = load_config(recipe=recipe)
+    # another family: the DiVAE-only keys (unet_channels, decode_steps) are gone, not merged
+    sam_edge = cfg.tokenizers.image["tok_sam_edge"].model_dump(exclude_unset=True)
+    assert sam_edge == {"family": "vqvae", "steps": 7}
+    # the same family: merged key by key as before
+    rgb, base_rgb = (c.tokenizers.image["tok_rgb"].model_dump(exclude_unset=True) for c in (cfg, base))
+    assert rgb == {**base_rgb, "steps": 9}
+
+
+def test_train_modalities_is_a_subset_of_the_enabled_ones():
+    cfg = load_config(overrides=["train.modalities=[rgb, tok_depth]"])
+    chosen = cfg.train.select(cfg.specs())
+    assert list(chosen) == ["rgb", "tok_depth"] and len(cfg.specs()) == 19
+    with pytest.raises(ConfigError, match=r"train.modalities \['tok_nope'\]"):
+        load_config(overrides=["train.modalities=[rgb, tok_nope]"])
+    with pytest.raises(ConfigError, match="no modality that can be a target"):
+        load_config(overrides=["train.modalities=[rgb]"])

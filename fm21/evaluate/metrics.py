@@ -1,5 +1,7 @@
 """Task metrics against ground truth, chosen by the target's label kind
-(``ModalitySpec.label_kind``): depth (delta1, AbsRel), normal (angle), classes (mIoU).
+(``ModalitySpec.label_kind``): depth (delta1, AbsRel), normal (angle), classes (mIoU),
+boxes (mAP@0.5, torchmetrics + pycocotools), text (object/colour recall of a caption),
+rgb (PSNR), vector (recall@k of retrieval by the embedding).
 
 Every metric takes an optional boolean ``mask`` (B, R, R) of the pixels to score, so the
 same code scores whole images and object pixels only (the layout prior of a scene, floor
@@ -8,6 +10,8 @@ it, never on the objects). Semseg also takes the ``classes`` its mIoU averages o
 """
 
 from __future__ import annotations
+
+import re
 
 import numpy as np
 
@@ -111,8 +115,92 @@ METRICS = {
 
 # label kind -> the metric that decides "better", and in which direction. The label kinds
 # listed here are the evaluable ones: a target modality of such a kind is an evaluate task.
-HEADLINE = {"depth": ("delta1", +1), "normal": ("mean_angle", -1), "classes": ("miou", +1)}
+HEADLINE = {"depth": ("delta1", +1), "normal": ("mean_angle", -1), "classes": ("miou", +1),
+            "boxes": ("map_50", +1), "text": ("recall", +1), "rgb": ("psnr", +1), "vector": ("recall@1", +1)}
 
 # Direction of every reported metric: +1 higher is better, -1 lower is better.
 DIRECTION = {"delta1": +1, "abs_rel": -1, "mean_angle": -1, "median_angle": -1, "within_11.25": +1,
-             "miou": +1, "pixel_acc": +1}
+             "miou": +1, "pixel_acc": +1, "map_50": +1, "mean_boxes": 0, "recall": +1, "object_recall": +1,
+             "colour_recall": +1, "object_precision": +1, "colour_precision": +1, "psnr": +1, "mae": -1,
+             "recall@1": +1, "recall@5": +1, "recall@10": +1, "cosine": +1}
+
+
+# ------------------------------------------------------------------------------ boxes
+def detection_map(pred: list[list[dict]], true: list[list[dict]]) -> dict[str, float]:
+    """mAP at IoU 0.5 (COCO 101-point interpolation) of box sets, one list per image of
+    ``{"box": [x0, y0, x1, y1] in 0..1, "class_name", "score" (optional, default 1)}``.
+
+    Computed by torchmetrics' ``MeanAveragePrecision`` on its pycocotools backend (the
+    COCO reference implementation). Generated det sequences carry no scores, so every
+    generated box scores 1 (the AP then ranks them by their order in the sequence).
+    """
+    import torch
+    from torchmetrics.detection import MeanAveragePrecision
+
+    names = sorted({b["class_name"] for boxes in (*pred, *true) for b in boxes})
+    ids = {n: i for i, n in enumerate(names)}
+
+    def _target(boxes: list[dict], scored: bool) -> dict:
+        out = {"boxes": torch.tensor([b["box"] for b in boxes], dtype=torch.float32).reshape(-1, 4),
+               "labels": torch.tensor([ids[b["class_name"]] for b in boxes], dtype=torch.int64)}
+        if scored:
+            out["scores"] = torch.tensor([float(b.get("score", 1.0)) for b in boxes], dtype=torch.float32)
+        return out
+
+    metric = MeanAveragePrecision(box_format="xyxy", iou_thresholds=[0.5], backend="pycocotools")
+    metric.update([_target(p, True) for p in pred], [_target(t, False) for t in true])
+    value = float(metric.compute()["map_50"])
+    # torchmetrics reports -1 when no image has a ground-truth box: no score to give
+    return {"map_50": value if value >= 0 else float("nan"), "mean_boxes": float(np.mean([len(p) for p in pred]))}
+
+
+# ------------------------------------------------------------------------------ text
+_WORD = re.compile(r"[a-z]+")
+
+
+def caption_recall(captions: list[str], objects: list[set[str]], colours: list[set[str]], *,
+                   object_vocab: set[str], colour_vocab: set[str]) -> dict[str, float]:
+    """How many of each scene's true object classes and colours its caption names
+    (recall), and how many of the object/colour words it names are true (precision: a
+    caption listing every class and colour has recall 1 and low precision). Averaged over
+    images; ``recall`` is the mean of the object and colour recalls (the headline)."""
+    obj_r, col_r, obj_p, col_p = [], [], [], []
+    for text, objs, cols in zip(captions, objects, colours):
+        words = set(_WORD.findall(text.lower()))
+        named_o, named_c = words & object_vocab, words & colour_vocab
+        obj_r.append(len(named_o & objs) / len(objs) if objs else np.nan)
+        col_r.append(len(named_c & cols) / len(cols) if cols else np.nan)
+        obj_p.append(len(named_o & objs) / len(named_o) if named_o else 0.0)
+        col_p.append(len(named_c & cols) / len(named_c) if named_c else 0.0)
+    out = {"object_recall": float(np.nanmean(obj_r)) if obj_r else float("nan"),
+           "colour_recall": float(np.nanmean(col_r)) if col_r else float("nan"),
+           "object_precision": float(np.mean(obj_p)) if obj_p else float("nan"),
+           "colour_precision": float(np.mean(col_p)) if col_p else float("nan")}
+    return {"recall": (out["object_recall"] + out["colour_recall"]) / 2, **out}
+
+
+# ------------------------------------------------------------------------------ rgb
+def rgb_metrics(pred: np.ndarray, true: np.ndarray, *, mask: np.ndarray | None = None) -> dict[str, float]:
+    """PSNR (dB, peak 255, over the scored pixels of all images together) and mean
+    absolute error of uint8-range RGB images (B, R, R, 3); ``mask`` (B, R, R)."""
+    err = pred.astype(np.float64) - true.astype(np.float64)
+    if mask is not None:
+        err = err[np.asarray(mask, dtype=bool)]
+    if err.size == 0:
+        return {"psnr": float("nan"), "mae": float("nan")}
+    mse = float((err ** 2).mean())
+    return {"psnr": float(10 * np.log10(255.0 ** 2 / max(mse, 1e-10))), "mae": float(np.abs(err).mean())}
+
+
+def cosine_distance(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Row-wise 1 - cos(a_i, b_i) of two (B, D) arrays."""
+    a = a / np.maximum(np.linalg.norm(a, axis=-1, keepdims=True), 1e-12)
+    b = b / np.maximum(np.linalg.norm(b, axis=-1, keepdims=True), 1e-12)
+    return 1.0 - (a * b).sum(-1)
+
+
+# ------------------------------------------------------------------------------ vector
+def recall_at_k(found: list[list[str]], wanted: list[str], ks: tuple[int, ...] = (1, 5, 10)) -> dict[str, float]:
+    """Share of queries whose wanted key is among their first k results, per k."""
+    return {f"recall@{k}": float(np.mean([w in f[:k] for f, w in zip(found, wanted)])) if wanted else float("nan")
+            for k in ks}

@@ -1,11 +1,26 @@
 """Any-to-any generation with a trained :class:`~fm21.train.model.FourM` (apple/ml-4m `fourm/models/generate.py`).
 
-Grid targets (image, feature and global tokens) decode with MaskGIT (keep the most
-confident ``num_select`` samples per step) or ROAR (decode a random ``num_select``
-subset per step); each step's tokens become encoder inputs of the next. Sequence
-targets decode autoregressively (no KV cache). Classifier-free guidance runs the
-conditional and the unconditional mod_dict in one batch:
-``logits = uncond + s * (cond - uncond)``.
+API (all in this module unless noted)::
+
+    md = init_full_input({"rgb": {"tensor": pixels}}, "rgb", specs)     # a condition
+    md = init_empty_target(md, "tok_depth", specs)                      # a target
+    md = generate(model, md, target="tok_depth", scheme="roar", num_steps=8,
+                  temperature=3.0, temperature_schedule="onex:0.5:0.5", top_p=0.8,
+                  cfg_scale=2.0, generator=torch.Generator().manual_seed(0))
+    md = run_preset(model, md, PRESETS["rgb2x"], generator=g)           # fm21.evaluate.presets
+
+Schemes for grid targets (image, feature and global tokens): ``maskgit`` (query every
+unknown slot, keep the ``num_select`` most confident samples per step), ``roar`` (decode a
+random ``num_select`` subset per step) and ``autoregressive`` (one token per step in raster
+order; ``num_steps`` is ignored). Each step's tokens become encoder inputs of the next.
+Sequence targets always decode autoregressively (:mod:`fm21.evaluate.autoregressive`), by
+default with a K/V cache (``kv_cache=False``: the reference's full recomputation), each row
+of the batch stopping at its own end token (``use_eos=False``: decode every slot).
+
+Guidance (:mod:`fm21.evaluate.sampling`), all passes in one batched forward:
+``cfg_scale=s`` gives ``uncond + s * (cond - uncond)``, the uncond pass blanking
+``cfg_cond_domains`` (default: every modality but the target);
+``cfg_conditions={m: w, ...}`` gives ``uncond + sum_i w_i * (cond_i - uncond)``.
 
 A finished target is left in the mod_dict as a full input, so generation chains:
 ``generate(..., target="tok_depth")`` then ``generate(..., target="tok_normal")``
@@ -15,28 +30,27 @@ conditions the normals on rgb and the generated depth.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
-from typing import Literal, Mapping
+from typing import Iterable, Literal, Mapping
 
 import numpy as np
 import torch
 
+from fm21.evaluate.autoregressive import generate_sequence
+from fm21.evaluate.sampling import (  # noqa: F401  (re-exported: the sampler's public API)
+    GREEDY_BELOW, Guidance, ModDict, Sampling, blank_conditions, clone_mod_dict, filter_logits,
+    sample_tokens,
+)
 from fm21.modalities import ModalitySpec
 from fm21.train.masking import EOS_ID, grid_decoder_attention_mask, sentinel_id
 from fm21.train.model import FourM
 
-ModDict = dict[str, dict[str, torch.Tensor]]
-GREEDY_BELOW = 1e-5  # temperatures at or below this decode greedily (argmax)
+SCHEMES = ("maskgit", "roar", "autoregressive")
 
 
 # ------------------------------------------------------------------------------ mod_dict helpers
 def _batch_size(mod_dict: Mapping[str, Mapping[str, torch.Tensor]]) -> tuple[int, torch.device]:
     first = next(iter(mod_dict.values()))["tensor"]
     return first.shape[0], first.device
-
-
-def clone_mod_dict(mod_dict: Mapping[str, Mapping[str, torch.Tensor]]) -> ModDict:
-    return {m: {k: v.clone() for k, v in d.items()} for m, d in mod_dict.items()}
 
 
 def init_full_input(mod_dict: ModDict, name: str, specs: Mapping[str, ModalitySpec]) -> ModDict:
@@ -103,27 +117,6 @@ def init_empty_target(
     return mod_dict
 
 
-def blank_conditions(mod_dict: ModDict, *, keep: str, specs: Mapping[str, ModalitySpec]) -> ModDict:
-    """The unconditional twin for guidance: every modality but ``keep`` loses its inputs
-    (grids: all masked; sequences: ``[S_1]`` only; vectors: one zero vector)."""
-    out = clone_mod_dict(mod_dict)
-    for name, d in out.items():
-        if name == keep:
-            continue
-        spec = specs[name]
-        d["target_mask"][:] = True
-        d["decoder_attention_mask"][:] = 0
-        d["input_mask"][:] = True
-        if spec.kind == "sequence":
-            d["tensor"][:] = 0
-            d["tensor"][:, 0] = sentinel_id(1)
-            d["input_mask"][:, 0] = False
-        elif spec.kind == "embedding":
-            d["tensor"][:] = 0
-            d["input_mask"][:, 0] = False
-    return out
-
-
 # ------------------------------------------------------------------------------ schedules
 def token_schedule(num_steps: int, total: int, kind: str = "cosine") -> list[int]:
     """Tokens decoded per step; sums to ``total``. ``linear``: equal chunks, larger first;
@@ -166,53 +159,12 @@ def temperature_schedule_values(
     )
 
 
-# ------------------------------------------------------------------------------ sampling
-def filter_logits(
-    logits: torch.Tensor, *, top_k: int | float | None, top_p: float | None
-) -> torch.Tensor:
-    """Top-k (an int, or a float fraction of the vocab) and nucleus filtering on (..., V)."""
-    V = logits.shape[-1]
-    if top_k is not None and top_k > 0:
-        k = max(1, int(top_k * V) if isinstance(top_k, float) and top_k < 1 else int(top_k))
-        if k < V:
-            kth = torch.topk(logits, k, dim=-1).values[..., -1:]
-            logits = logits.masked_fill(logits < kth, float("-inf"))
-    if top_p is not None and 0 < top_p < 1:
-        sorted_logits, order = torch.sort(logits, dim=-1, descending=True)
-        cum = sorted_logits.softmax(dim=-1).cumsum(dim=-1)
-        drop_sorted = cum - sorted_logits.softmax(dim=-1) >= top_p  # keep the first token always
-        drop = torch.zeros_like(drop_sorted).scatter(-1, order, drop_sorted)
-        logits = logits.masked_fill(drop, float("-inf"))
-    return logits
-
-
-def sample_tokens(
-    logits: torch.Tensor, *, temperature: float, top_k: int | float | None = None,
-    top_p: float | None = None, generator: torch.Generator | None = None,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """(..., V) logits -> (ids, probability of each chosen id), both (...)."""
-    logits = logits.float()
-    if temperature <= GREEDY_BELOW:
-        probs = filter_logits(logits, top_k=top_k, top_p=top_p).softmax(dim=-1)
-        ids = probs.argmax(dim=-1)
-    else:
-        probs = filter_logits(logits / temperature, top_k=top_k, top_p=top_p).softmax(dim=-1)
-        flat = probs.reshape(-1, probs.shape[-1])
-        ids = torch.multinomial(flat, 1, generator=generator).reshape(probs.shape[:-1])
-    return ids, probs.gather(-1, ids.unsqueeze(-1)).squeeze(-1)
-
-
+# ------------------------------------------------------------------------------ decoding
 def guided_logits(
     model: FourM, mod_dict: ModDict, *, target: str, cfg_scale: float
 ) -> torch.Tensor:
-    """(B, L, V) logits for ``target``; with guidance, cond and uncond in one batch."""
-    if cfg_scale == 1.0:
-        return model.forward_logits(mod_dict, targets=[target])[target].float()
-    uncond = blank_conditions(mod_dict, keep=target, specs=model.specs)
-    both = {m: {k: torch.cat([v, uncond[m][k]]) for k, v in d.items()} for m, d in mod_dict.items()}
-    logits = model.forward_logits(both, targets=[target])[target].float()  # (2B, L, V)
-    cond_logits, uncond_logits = logits.chunk(2)
-    return uncond_logits + cfg_scale * (cond_logits - uncond_logits)
+    """(B, L, V) logits for ``target`` with single-scale guidance (cond and uncond in one batch)."""
+    return Sampling(guidance=Guidance(scale=cfg_scale)).logits(model, mod_dict, target)
 
 
 def _choose(scores: torch.Tensor, remaining: torch.Tensor, k: int) -> torch.Tensor:
@@ -221,23 +173,6 @@ def _choose(scores: torch.Tensor, remaining: torch.Tensor, k: int) -> torch.Tens
     chosen = torch.zeros_like(remaining)
     chosen.scatter_(1, torch.topk(scores, k, dim=1).indices, True)
     return chosen & remaining
-
-
-@dataclass(frozen=True)
-class Sampling:
-    """How each step turns logits into tokens."""
-
-    top_k: int | float | None = None
-    top_p: float | None = None
-    cfg_scale: float = 1.0
-    generator: torch.Generator | None = None
-
-    def logits(self, model: FourM, mod_dict: ModDict, target: str) -> torch.Tensor:
-        return guided_logits(model, mod_dict, target=target, cfg_scale=self.cfg_scale)
-
-    def sample(self, logits: torch.Tensor, temperature: float) -> tuple[torch.Tensor, torch.Tensor]:
-        return sample_tokens(logits, temperature=temperature, top_k=self.top_k, top_p=self.top_p,
-                             generator=self.generator)
 
 
 def _generate_grid(model: FourM, md: ModDict, *, target: str, scheme: str, steps: list[int],
@@ -250,56 +185,20 @@ def _generate_grid(model: FourM, md: ModDict, *, target: str, scheme: str, steps
             queries = _choose(noise.to(remaining.device), remaining, num_select)
         elif scheme == "maskgit":  # query everything unknown, keep the most confident
             queries = remaining
+        elif scheme == "autoregressive":  # the first unknown slots in raster order
+            raster = -torch.arange(remaining.shape[1], device=remaining.device, dtype=torch.float32)
+            queries = _choose(raster.expand(remaining.shape), remaining, num_select)
         else:
-            raise ValueError(f"unknown scheme {scheme!r} (maskgit | roar)")
+            raise ValueError(f"unknown scheme {scheme!r} ({' | '.join(SCHEMES)})")
         d["target_mask"] = ~queries
         d["decoder_attention_mask"] = grid_decoder_attention_mask(d["target_mask"])
         ids, conf = sampling.sample(sampling.logits(model, md, target), temp)  # (B, N) each
-        chosen = queries if scheme == "roar" else _choose(conf, remaining, num_select)
+        chosen = _choose(conf, remaining, num_select) if scheme == "maskgit" else queries
         d["tensor"] = torch.where(chosen, ids, d["tensor"])
         d["input_mask"] = d["input_mask"] & ~chosen  # decoded tokens become inputs
         remaining = remaining & ~chosen
     d["target_mask"] = torch.ones_like(remaining)
     d["decoder_attention_mask"] = torch.zeros_like(d["decoder_attention_mask"])
-    return md
-
-
-def _generate_sequence(model: FourM, md: ModDict, *, target: str, temperature: float,
-                       sampling: Sampling) -> ModDict:
-    """Autoregressive decoding from the empty template until ``[S_2]`` (or EOS)."""
-    d = md[target]
-    B, L = d["tensor"].shape
-    dev = d["tensor"].device
-    tokens = d["tensor"].clone()
-    finished = torch.zeros(B, dtype=torch.bool, device=dev)
-    lengths = torch.full((B,), L - 2, dtype=torch.long, device=dev)  # generated ids per sample
-    stop = torch.tensor([sentinel_id(2), EOS_ID], device=dev)
-    for k in range(1, L - 1):  # slot k holds the last known token and predicts position k+1
-        target_mask = torch.ones(B, L, dtype=torch.bool, device=dev)
-        target_mask[:, 1:k + 2] = False
-        d.update(tensor=tokens, target_mask=target_mask,
-                 decoder_attention_mask=(~target_mask).int())  # causal
-        logits = sampling.logits(model, md, target)[:, k + 1]  # (B, V)
-        ids, _ = sampling.sample(logits, temperature)
-        ids = torch.where(finished, torch.zeros_like(ids), ids)
-        tokens[:, k + 1] = ids
-        newly = ~finished & torch.isin(ids, stop)
-        lengths = torch.where(newly, torch.full_like(lengths, k - 1), lengths)  # ids 2..k
-        finished |= newly
-        if bool(finished.all()):
-            break
-    # the result becomes a full input: the generated ids, closed by EOS
-    out = torch.zeros_like(tokens)
-    positions = torch.arange(L, device=dev)[None]
-    body = positions < lengths[:, None]  # (B, L)
-    out[body] = tokens[:, 2:][body[:, : L - 2]]
-    out[torch.arange(B, device=dev), lengths.clamp(max=L - 1)] = EOS_ID
-    md[target] = {
-        "tensor": out,
-        "input_mask": positions > lengths[:, None],
-        "target_mask": torch.ones_like(body),
-        "decoder_attention_mask": torch.zeros_like(d["decoder_attention_mask"]),
-    }
     return md
 
 
@@ -309,7 +208,7 @@ def generate(
     mod_dict: Mapping[str, Mapping[str, torch.Tensor]],
     *,
     target: str,
-    scheme: Literal["maskgit", "roar"] = "maskgit",
+    scheme: Literal["maskgit", "roar", "autoregressive"] = "maskgit",
     num_steps: int = 8,
     token_schedule_kind: Literal["cosine", "linear"] = "cosine",
     temperature: float = 1.0,
@@ -318,26 +217,39 @@ def generate(
     top_p: float | None = None,
     cfg_scale: float = 1.0,
     generator: torch.Generator | None = None,
+    cfg_conditions: Mapping[str, float] | None = None,
+    cfg_cond_domains: Iterable[str] | None = None,
+    kv_cache: bool = True,
+    use_eos: bool = True,
 ) -> ModDict:
     """Fill ``target`` in a copy of ``mod_dict`` (which must hold it, e.g. from
     :func:`init_empty_target`) and return the copy, the target now a full input.
-    Sequence targets ignore ``scheme``/``num_steps`` and decode autoregressively."""
+
+    Sequence targets ignore ``scheme``/``num_steps``/schedules and decode autoregressively
+    (``kv_cache``, ``use_eos``: see :func:`fm21.evaluate.autoregressive.generate_sequence`).
+    Grid targets with ``scheme="autoregressive"`` decode one token per step in raster order.
+    Guidance: ``cfg_scale`` (+ ``cfg_cond_domains``, the modalities its unconditional pass
+    blanks) or weighted ``cfg_conditions`` (see :class:`fm21.evaluate.sampling.Guidance`)."""
     was_training = model.training
     model.eval()
     md = clone_mod_dict(mod_dict)
     spec = model.specs[target]
-    sampling = Sampling(top_k=top_k, top_p=top_p, cfg_scale=cfg_scale, generator=generator)
+    guidance = Guidance.make(cfg_scale, cfg_conditions, cfg_cond_domains)
+    sampling = Sampling(top_k=top_k, top_p=top_p, guidance=guidance, generator=generator)
     try:
         if spec.is_sequence:
-            return _generate_sequence(model, md, target=target, temperature=temperature,
-                                      sampling=sampling)
+            return generate_sequence(model, md, target=target, temperature=temperature,
+                                     sampling=sampling, kv_cache=kv_cache, use_eos=use_eos)
         unknown = md[target]["input_mask"].sum(dim=1)
         if bool((unknown != unknown[0]).any()):
             raise ValueError(f"every sample must have the same number of unknown {target} tokens")
         total = int(unknown[0])
         if total == 0:
             return md
-        steps = token_schedule(num_steps, total, token_schedule_kind)
+        if scheme == "autoregressive":
+            steps = [1] * total
+        else:
+            steps = token_schedule(num_steps, total, token_schedule_kind)
         temps = temperature_schedule_values(temperature, temperature_schedule, steps)
         return _generate_grid(model, md, target=target, scheme=scheme, steps=steps, temps=temps,
                               sampling=sampling)

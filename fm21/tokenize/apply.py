@@ -270,7 +270,8 @@ class TokenizeActor:
         for v in values:
             if v is not None and len(v) and len(v[0]) != spec.embedding_dim:
                 raise ValueError(f"{spec.name}: stored vectors are {len(v[0])} wide, the spec's embedding_dim is "
-                                 f"{spec.embedding_dim} (configure the {spec.specialist} specialist to that width)")
+                                 f"{spec.embedding_dim}: set modalities.embedding_dim to the {spec.specialist} "
+                                 "specialist's width, or configure the specialist to this one")
         return list(values)
 
     def _ids(self, text: str | list[str] | None) -> list[int] | None:

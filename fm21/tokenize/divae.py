@@ -39,15 +39,14 @@ from typing import Any, Callable
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 from fm21.modalities import ModalitySpec
 from fm21.schedules import warmup_cosine
-from fm21.tokenize.image_tokenizer import ImageTokenizer, SquareTokenGrid
+from fm21.tokenize.image_tokenizer import OPTIONAL_FIELDS, ImageTokenizer, SquareTokenGrid, omit_default_fields
 from fm21.tokenize.preprocess import PREPROCESSORS, DepthPreprocessor, EdgePreprocessor, Preprocessor
 from fm21.tokenize.quantizer import LucidQuantizer, codebook_stats
 from fm21.tokenize.train_vq import _augment, save_recon_grid
-from fm21.tokenize.vqvae import TRUNKS, PostMLP, _groups, _norm
+from fm21.tokenize.vqvae import TRUNKS, _groups, latent_head
 
 FAMILY = "divae"
 
@@ -70,7 +69,9 @@ class DiVAEConfig(SquareTokenGrid):
     latent_dim: int = 32
     hidden_dim: int = 64  # encoder width at the token grid
     num_layers: int = 2  # encoder residual blocks per level
-    trunk: str = "conv"
+    trunk: str = "conv"  # "conv" | "vit" (the encoder trunks of fm21.tokenize.vqvae)
+    num_heads: int = 0  # vit trunk: attention heads (0: hidden_dim / 64)
+    pos_grid: int = 0  # vit trunk: side of the stored position embedding (0: grid_size)
     unet_channels: tuple[int, ...] = (32, 64)  # UNet block widths, one resolution level each
     layers_per_block: int = 1
     decoder_patch: int = 4  # pixel-unshuffle of the noisy image before the UNet (the reference's patch 4)
@@ -109,7 +110,7 @@ class DiVAEConfig(SquareTokenGrid):
                              f"do not divide the UNet input side {side}")
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        return omit_default_fields(self, OPTIONAL_FIELDS)  # older checkpoints keep their fingerprint
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> DiVAEConfig:
@@ -161,10 +162,11 @@ class DiVAE(ImageTokenizer):
 
         super().__init__(config)
         cfg, c, p = config, self.preprocessor.channels, config.decoder_patch
-        # The VQ-VAE's encoder half; ConvEncoder reads hidden_dim, patch_size, num_layers.
+        # The VQ-VAE's encoder half (conv or ViT trunk, then its latent head).
+        if cfg.trunk not in TRUNKS:
+            raise ValueError(f"{cfg.modality}: unknown trunk {cfg.trunk!r}; have {', '.join(TRUNKS)}")
         self.encoder = TRUNKS[cfg.trunk][0](c, cfg)
-        self.post_mlp = PostMLP(cfg.hidden_dim)
-        self.to_latent = nn.Sequential(_norm(cfg.hidden_dim), nn.SiLU(), nn.Conv2d(cfg.hidden_dim, cfg.latent_dim, 1))
+        self.post_mlp, self.to_latent = latent_head(cfg)
         self.quantizer = LucidQuantizer(cfg.latent_dim, cfg.vocab_size, ema_decay=cfg.codebook_ema_decay,
                                         commitment_weight=cfg.commitment_weight, dead_code_coef=cfg.dead_code_coef)
         levels = len(cfg.unet_channels)

@@ -38,6 +38,17 @@ class SquareTokenGrid:
         return self.grid_size**2
 
 
+# Fields added after checkpoints were written: left out of ``to_dict`` at their default, so
+# the config (and so the fingerprint, fm21.tokenize.checkpoint) of an older checkpoint is unchanged.
+OPTIONAL_FIELDS = ("num_heads", "pos_grid")
+
+
+def omit_default_fields(config: Any, names: tuple[str, ...]) -> dict[str, Any]:
+    """``dataclasses.asdict(config)`` without the fields of ``names`` that hold their default."""
+    defaults = {f.name: f.default for f in dataclasses.fields(config)}
+    return {k: v for k, v in dataclasses.asdict(config).items() if not (k in names and v == defaults[k])}
+
+
 @dataclass(frozen=True)
 class TokenizerConfig(SquareTokenGrid):
     """Everything needed to rebuild a tokenizer from its checkpoint folder."""
@@ -52,11 +63,13 @@ class TokenizerConfig(SquareTokenGrid):
     latent_dim: int = 32
     hidden_dim: int = 64
     num_layers: int = 2
-    trunk: str = "conv"
+    trunk: str = "conv"  # "conv" | "vit" (fm21.tokenize.vqvae.TRUNKS)
     class_embed_dim: int = 32  # categorical inputs: Embedding(num_channels, class_embed_dim)
     ema_decay: float = 0.99
     commitment_weight: float = 1.0
     dead_code_coef: float = 32.0
+    num_heads: int = 0  # vit trunk: attention heads (0: hidden_dim / 64)
+    pos_grid: int = 0  # vit trunk: side of the stored position embedding (0: grid_size)
 
     @classmethod
     def from_spec(cls, spec: ModalitySpec, options: Mapping[str, Any] | VQTokenizerConfig | None = None, *,
@@ -82,13 +95,16 @@ class TokenizerConfig(SquareTokenGrid):
             latent_dim=cfg.latent_dim,
             hidden_dim=cfg.hidden_dim,
             num_layers=cfg.num_layers,
+            trunk=cfg.trunk,
+            class_embed_dim=cfg.class_embed_dim,
+            num_heads=cfg.num_heads,
             ema_decay=cfg.ema_decay,
             commitment_weight=cfg.commitment_weight,
             dead_code_coef=cfg.dead_code_coef,
         )
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        return omit_default_fields(self, OPTIONAL_FIELDS)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> TokenizerConfig:

@@ -258,7 +258,7 @@ def run_tokenizers(cfg: TokenizersConfig, ctx) -> dict:
 
     from fm21.faults import worker_env
     from fm21.ray_runtime import ensure_ray
-    from fm21.tokenize.text import train_text_tokenizer
+    from fm21.tokenize.text import load_released_text_tokenizer, train_text_tokenizer
 
     uri = ctx.workdir.labels_uri
     out_dir = ctx.workdir.tokenizers_dir
@@ -309,6 +309,9 @@ def run_tokenizers(cfg: TokenizersConfig, ctx) -> dict:
         fp = fingerprint_of({"specs": {n: dataclasses.asdict(ctx.specs[n]) for n in sequences},
                              "config": cfg.text.model_dump(mode="json"), "seed": cfg.seed, "rows": ds.count_rows(),
                              "sampler": "tokenizer-sample-v1",
+                             # the special-token layout: class names alphabetical, value tokens
+                             # single_word (a tokenizer of the earlier layout is rebuilt)
+                             "layout": "4m-reference-v1",
                              "labels": {n: label_inputs(labels_meta, ctx.specs[n]) for n in sequences},
                              "fm21": fm21.__version__})
         if (hit := _reusable(out_dir / TEXT_DIR, fp)) is not None:
@@ -316,12 +319,20 @@ def run_tokenizers(cfg: TokenizersConfig, ctx) -> dict:
             reused.append(TEXT_DIR)
         else:
             (out_dir / TEXT_DIR / INPUTS_FILE).unlink(missing_ok=True)
-            rows = sampled_rows(uri, columns, sample_keys(uri, cfg.text.train_samples, seed=cfg.seed))
-            corpus = corpus_of(rows, sequences, size=image_size, seed=cfg.seed)
             vocab = ctx.specs[sequences[0]].vocab_size
-            text = train_text_tokenizer(corpus, vocab_size=vocab, min_frequency=cfg.text.min_frequency)
+            if cfg.text.source == "released":  # the 4M release's vocabulary, as is
+                text = load_released_text_tokenizer(cfg.text.path, hub_id=cfg.text.hub_id,
+                                                    filename=cfg.text.hub_filename)
+                if text.vocab_size != vocab:
+                    raise ValueError(f"tokenizers.text: the released tokenizer has {text.vocab_size} ids, the "
+                                     f"sequence modalities {vocab} (modalities.text_vocab_size)")
+                corpus = []
+            else:
+                rows = sampled_rows(uri, columns, sample_keys(uri, cfg.text.train_samples, seed=cfg.seed))
+                corpus = corpus_of(rows, sequences, size=image_size, seed=cfg.seed)
+                text = train_text_tokenizer(corpus, vocab_size=vocab, min_frequency=cfg.text.min_frequency)
             text_fp = text.save(out_dir / TEXT_DIR)
-            report[TEXT_DIR] = {"fingerprint": text_fp, "vocab_size": text.vocab_size,
+            report[TEXT_DIR] = {"fingerprint": text_fp, "vocab_size": text.vocab_size, "source": cfg.text.source,
                                 "corpus_strings": len(corpus), "modalities": sequences}
             _record(out_dir / TEXT_DIR, fp, report[TEXT_DIR])
     if jobs:  # the text tokenizer trained on the driver meanwhile

@@ -7,14 +7,20 @@ post-processor (no automatic BOS/EOS). Special tokens have FIXED ids, in this or
 0-3         ``[PAD] [UNK] [SOS] [EOS]``
 4-203       sentinels ``[S_0]`` .. ``[S_199]``
 204-4203    value tokens ``v0=0`` .. ``v0=999``, then ``v1=``, ``v2=``, ``v3=``
-4204-4283   the 80 COCO class names, each ONE token ("baseball bat" included)
+4204-4283   the 80 COCO class names, each ONE token ("baseball bat" included), in
+            ALPHABETICAL order (airplane = 4204 ... zebra = 4283), as the reference's
+            ``object_classes.json["coco"]`` lists them (not COCO's category order)
 4284-...    learned word pieces, up to ``vocab_size``
 =========== ================================================================
 
 Value tokens and class names are added tokens, matched before pre-tokenisation (the
-longest match wins, so ``v0=12`` is not ``v0=1`` + ``2``). Class names are matched as
-whole words after normalisation (``single_word``): "Dog" is the class token, the
-"person" in "personal" is not. Decoding keeps every special token.
+longest match wins, so ``v0=12`` is not ``v0=1`` + ``2``). Sentinels, value tokens and
+class names are ``single_word`` (matched only as whole words) and class names are
+matched after normalisation: "Dog" is the class token, the "person" in "personal" is
+not. Decoding keeps every special token. These flags and ids are those of the released
+``fourm/utils/tokenizer/trained/text_tokenizer_4m_wordpiece_30k.json``, so that file
+loads here unchanged (:func:`load_released_text_tokenizer`) and the 4M-21 models read
+the ids fm21 writes.
 """
 
 from __future__ import annotations
@@ -29,6 +35,8 @@ from tokenizers.trainers import WordPieceTrainer
 
 from fm21.store.fs import as_location
 
+# COCO's 80 classes in COCO's category order: the label order of COCO detectors
+# (fm21.pseudolabel.specialists.detection_net maps model label ids through it).
 COCO_CLASSES: tuple[str, ...] = (
     "person", "bicycle", "car", "motorcycle", "airplane", "bus", "train", "truck", "boat",
     "traffic light", "fire hydrant", "stop sign", "parking meter", "bench", "bird", "cat",
@@ -43,6 +51,11 @@ COCO_CLASSES: tuple[str, ...] = (
     "toothbrush",
 )
 
+# The class-name tokens, ids 4204..4283: alphabetical, as in apple/ml-4m
+# `fourm/utils/tokenizer/object_classes.json` ("coco" list), which
+# `fourm/utils/tokenizer/text_tokenizer.py` (generate_object_class_tokens) adds in file order.
+CLASS_TOKENS: tuple[str, ...] = tuple(sorted(COCO_CLASSES))
+
 PAD, UNK, SOS, EOS = "[PAD]", "[UNK]", "[SOS]", "[EOS]"
 NUM_SENTINELS = 200
 NUM_VALUE_KINDS = 4  # v0= .. v3=
@@ -52,15 +65,19 @@ TOKENIZER_FILE = "tokenizer.json"
 
 
 def special_tokens() -> list[AddedToken]:
-    """The 4,284 fixed-id tokens, in id order."""
-    plain = [PAD, UNK, SOS, EOS] + [f"[S_{k}]" for k in range(NUM_SENTINELS)]
-    plain += [f"v{v}={k}" for v in range(NUM_VALUE_KINDS) for k in range(NUM_VALUE_BINS)]
-    tokens = [AddedToken(t, single_word=t.startswith("[S_"), normalized=False) for t in plain]
-    tokens += [AddedToken(c, single_word=True, normalized=True) for c in COCO_CLASSES]
+    """The 4,284 fixed-id tokens, in id order, with the reference's flags
+    (apple/ml-4m `fourm/utils/tokenizer/text_tokenizer.py`: sentinels and coordinate tokens
+    ``single_word=True, normalized=False``; class names ``single_word=True, normalized=True``;
+    PAD/UNK/SOS/EOS plain)."""
+    tokens = [AddedToken(t, single_word=False, normalized=False) for t in (PAD, UNK, SOS, EOS)]
+    tokens += [AddedToken(f"[S_{k}]", single_word=True, normalized=False) for k in range(NUM_SENTINELS)]
+    tokens += [AddedToken(f"v{v}={k}", single_word=True, normalized=False)
+               for v in range(NUM_VALUE_KINDS) for k in range(NUM_VALUE_BINS)]
+    tokens += [AddedToken(c, single_word=True, normalized=True) for c in CLASS_TOKENS]
     return tokens
 
 
-NUM_SPECIAL_TOKENS = 4 + NUM_SENTINELS + NUM_VALUE_KINDS * NUM_VALUE_BINS + len(COCO_CLASSES)
+NUM_SPECIAL_TOKENS = 4 + NUM_SENTINELS + NUM_VALUE_KINDS * NUM_VALUE_BINS + len(CLASS_TOKENS)
 
 
 def value_token(kind: int, value: int) -> str:
@@ -83,11 +100,14 @@ class TextTokenizer:
 
     def __init__(self, tokenizer: Tokenizer) -> None:
         self._tok = tokenizer
-        specials = special_tokens()
-        for i, t in enumerate(specials[:4] + specials[-1:]):  # spot-check the fixed layout
-            want = i if i < 4 else NUM_SPECIAL_TOKENS - 1
-            if tokenizer.token_to_id(t.content) != want:
-                raise ValueError(f"special token {t.content!r} is not at id {want}")
+        for want, t in enumerate(special_tokens()):  # the whole fixed layout, 4,284 look-ups
+            found = tokenizer.token_to_id(t.content)
+            if found != want:
+                hint = ""
+                if t.content in CLASS_TOKENS and tokenizer.token_to_id(COCO_CLASSES[0]) == 4204:
+                    hint = (" (a tokenizer built with COCO's category order, before fm21 used the "
+                            "reference's alphabetical order: rerun the tokenizers stage)")
+                raise ValueError(f"special token {t.content!r} is at id {found}, not {want}{hint}")
         self.pad_id = tokenizer.token_to_id(PAD)
         self.unk_id = tokenizer.token_to_id(UNK)
         self.sos_id = tokenizer.token_to_id(SOS)
@@ -136,7 +156,7 @@ class TextTokenizer:
             "sos_id": self.sos_id, "eos_id": self.eos_id,
             "sentinel_0_id": self.sentinel_id(0),
             "value_token_0_id": self._tok.token_to_id("v0=0"),
-            "coco_class_0_id": self._tok.token_to_id(COCO_CLASSES[0]),
+            "class_token_0_id": self._tok.token_to_id(CLASS_TOKENS[0]),
             "fingerprint": fingerprint,
         }
         (directory / CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n")
@@ -200,3 +220,37 @@ def _canonical_ids(tok: Tokenizer) -> Tokenizer:
     fresh.model = models.WordPiece(kept, unk_token=UNK, continuing_subword_prefix="##")
     fresh.add_special_tokens(special_tokens())
     return fresh
+
+
+# ------------------------------------------------------------------------------ released
+# The released 4M text tokenizer ships in the reference repository (apple/ml-4m
+# `fourm/utils/tokenizer/trained/text_tokenizer_4m_wordpiece_30k.json`, named by every
+# `cfgs/default/4m/models/main/*.yaml` as ``tokenizer_path``); a Hugging Face Hub repo
+# holding a copy is read through ``huggingface_hub`` under this file name.
+RELEASED_TEXT_FILE = "text_tokenizer_4m_wordpiece_30k.json"
+RELEASED_VOCAB_SIZE = 30_000
+
+
+def load_released_text_tokenizer(
+    path: str | Path | None = None, *, hub_id: str | None = None, filename: str = RELEASED_TEXT_FILE,
+    revision: str | None = None,
+) -> TextTokenizer:
+    """The released 30k WordPiece tokenizer as a :class:`TextTokenizer`, from a local file or
+    URI (``path``: the JSON, or a folder holding ``filename``) or a Hub repo (``hub_id``, e.g.
+    a copy under ``EPFL-VILAB/...``; downloaded once into the Hugging Face cache).
+
+    Refused unless every one of the 4,284 special tokens is at the reference's id (the
+    layout this module writes), so sequences keep one meaning whichever tokenizer made them.
+    """
+    if (path is None) == (hub_id is None):
+        raise ValueError("give exactly one of path (a tokenizer JSON) or hub_id (a Hub repo)")
+    if hub_id is not None:
+        from huggingface_hub import hf_hub_download
+
+        text = Path(hf_hub_download(repo_id=hub_id, filename=filename, revision=revision)).read_text()
+    else:
+        location = as_location(path)
+        if location.is_dir():
+            location = location / filename
+        text = location.read_text()
+    return TextTokenizer(Tokenizer.from_str(text))

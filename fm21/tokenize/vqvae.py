@@ -1,8 +1,10 @@
 """VQ-VAE image tokenizer: trunk encoder -> tanh post-MLP -> 1x1 proj -> lucid VQ -> decoder.
 
 The reference uses ViT-B encoder/decoder (apple/ml-4m `fourm/vq/`, `cfgs/default/tokenization/`); fm21's default trunk is a small
-conv net, the CPU-friendly choice for the tiny recipe. Trunks sit behind ``TRUNKS`` so a
-ViT trunk can be added without touching ``VQVAE``.
+conv net, the CPU-friendly choice for the tiny recipe. Trunks sit behind ``TRUNKS``:
+``conv`` (below) and ``vit`` (``fm21.tokenize.vit``, the reference's ViT, chosen with the
+recipe option ``trunk: vit``). The ViT encoder ends in the reference's tanh post-MLP, so
+with it the latent head is the reference's plain 1x1 ``quant_proj`` (``latent_head``).
 
 Conv trunk: ``S = log2(patch_size)`` stride-2 levels (a 2x2 patchify stem, then 4x4
 stride-2 convs). Widths double toward the token grid and reach ``hidden_dim`` there
@@ -28,6 +30,7 @@ from fm21.modalities import ModalitySpec
 from fm21.tokenize.families import family_options
 from fm21.tokenize.image_tokenizer import ImageTokenizer, TokenizerConfig
 from fm21.tokenize.quantizer import LucidQuantizer
+from fm21.tokenize.vit import ViTDecoder, ViTEncoder
 
 
 def _groups(channels: int) -> int:
@@ -119,6 +122,7 @@ class ConvDecoder(nn.Module):
 # trunk name -> (encoder builder(in_channels, cfg), decoder builder(out_channels, cfg))
 TRUNKS: dict[str, tuple[Callable[[int, TokenizerConfig], nn.Module], ...]] = {
     "conv": (ConvEncoder, ConvDecoder),
+    "vit": (ViTEncoder, ViTDecoder),
 }
 
 
@@ -135,6 +139,21 @@ class PostMLP(nn.Module):
         return x + self.fc2(torch.tanh(self.fc1(self.norm(x))))
 
 
+def latent_head(cfg: TokenizerConfig) -> tuple[nn.Module, nn.Module]:
+    """(post-MLP, projection to ``latent_dim``) between the encoder and the quantizer.
+
+    conv trunk: the residual tanh ``PostMLP`` and GroupNorm-SiLU-1x1 conv. vit trunk: the
+    ViT encoder already ends in the tanh post-MLP, and the projection is the reference's
+    plain 1x1 ``quant_proj`` (apple/ml-4m `fourm/vq/vqvae.py`), so released weights map.
+    """
+    if cfg.trunk not in TRUNKS:
+        raise ValueError(f"{cfg.modality}: unknown trunk {cfg.trunk!r}; have {', '.join(TRUNKS)}")
+    if cfg.trunk == "vit":
+        return nn.Identity(), nn.Conv2d(cfg.hidden_dim, cfg.latent_dim, 1)
+    return PostMLP(cfg.hidden_dim), nn.Sequential(
+        _norm(cfg.hidden_dim), nn.SiLU(), nn.Conv2d(cfg.hidden_dim, cfg.latent_dim, 1))
+
+
 class VQVAE(ImageTokenizer):
     family = "vqvae"  # FAMILY, below
 
@@ -147,12 +166,11 @@ class VQVAE(ImageTokenizer):
         out_ch = cfg.num_channels if categorical else channels
         # semseg: a learned class embedding replaces one-hot input (apple/ml-4m `fourm/data/modality_info.py`)
         self.class_embed = nn.Embedding(cfg.num_channels, in_ch) if categorical else None
+        if cfg.trunk not in TRUNKS:
+            raise ValueError(f"{cfg.modality}: unknown trunk {cfg.trunk!r}; have {', '.join(TRUNKS)}")
         make_encoder, make_decoder = TRUNKS[cfg.trunk]
-        self.encoder = make_encoder(in_ch, cfg)
-        self.post_mlp = PostMLP(cfg.hidden_dim)
-        self.to_latent = nn.Sequential(
-            _norm(cfg.hidden_dim), nn.SiLU(), nn.Conv2d(cfg.hidden_dim, cfg.latent_dim, 1)
-        )
+        self.encoder = make_encoder(in_ch, cfg)  # built in this order: seeded inits stay as they were
+        self.post_mlp, self.to_latent = latent_head(cfg)
         self.quantizer = LucidQuantizer(
             cfg.latent_dim, cfg.vocab_size, ema_decay=cfg.ema_decay,
             commitment_weight=cfg.commitment_weight, dead_code_coef=cfg.dead_code_coef,
@@ -188,7 +206,7 @@ Config = TokenizerConfig  # frozen; from_spec(spec, options) / to_dict() / from_
 
 
 def build(config: TokenizerConfig) -> VQVAE:
-    """A randomly initialised conv VQ-VAE of ``config`` (the checkpoint loader then loads
+    """A randomly initialised VQ-VAE (conv or ViT trunk) of ``config`` (the checkpoint loader then loads
     the weights)."""
     if config.family != FAMILY:
         raise ValueError(f"{config.modality}: config of family {config.family!r} given to {FAMILY!r}")

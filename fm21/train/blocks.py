@@ -9,6 +9,8 @@ means "may attend").
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -83,6 +85,36 @@ class SelfAttention(nn.Module):
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed)  # (B, H, N, D/H)
         return self.proj(out.transpose(1, 2).reshape(B, N, D))
 
+    def forward_cached(self, x: torch.Tensor, cache: LayerCache) -> torch.Tensor:
+        """Causal step: ``x`` (B, T, D) are the next T positions; they attend to every cached
+        position and causally among themselves. Their K/V are appended to ``cache``."""
+        B, T, D = x.shape
+        qkv = self.qkv(x).view(B, T, 3, self.num_heads, D // self.num_heads)
+        q, k, v = qkv.permute(2, 0, 3, 1, 4)  # each (B, H, T, D/H)
+        if cache.self_k is not None:
+            k = torch.cat([cache.self_k, k], dim=2)
+            v = torch.cat([cache.self_v, v], dim=2)
+        cache.self_k, cache.self_v = k, v
+        past = k.shape[2] - T
+        # query t (absolute position past + t) may attend keys 0..past + t
+        allowed = torch.ones(T, k.shape[2], dtype=torch.bool, device=x.device).tril(diagonal=past)
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed)
+        return self.proj(out.transpose(1, 2).reshape(B, T, D))
+
+
+@dataclass
+class LayerCache:
+    """Key/value cache of one decoder layer for incremental (autoregressive) decoding.
+
+    ``self_k``/``self_v`` (B, H, T, D/H) grow by the decoded positions; ``cross_k``/
+    ``cross_v`` (B, H, N, D/H) are the projected encoder context, computed on the first step.
+    """
+
+    self_k: torch.Tensor | None = None
+    self_v: torch.Tensor | None = None
+    cross_k: torch.Tensor | None = None
+    cross_v: torch.Tensor | None = None
+
 
 class CrossAttention(nn.Module):
     def __init__(self, dim: int, num_heads: int, bias: bool = False) -> None:
@@ -101,6 +133,21 @@ class CrossAttention(nn.Module):
         q = self.q(x).view(B, M, h, D // h).transpose(1, 2)  # (B, H, M, D/H)
         k, v = self.kv(context).view(B, N, 2, h, D // h).permute(2, 0, 3, 1, 4)  # (B, H, N, D/H)
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed)  # (B, H, M, D/H)
+        return self.proj(out.transpose(1, 2).reshape(B, M, D))
+
+    def forward_cached(
+        self, x: torch.Tensor, context: torch.Tensor, allowed: torch.Tensor, cache: LayerCache
+    ) -> torch.Tensor:
+        """As :meth:`forward`, but the context's K/V are projected once and kept in ``cache``
+        (``context`` is only read on the first call)."""
+        B, M, D = x.shape
+        h = self.num_heads
+        if cache.cross_k is None:
+            N = context.shape[1]
+            kv = self.kv(context).view(B, N, 2, h, D // h).permute(2, 0, 3, 1, 4)
+            cache.cross_k, cache.cross_v = kv[0], kv[1]
+        q = self.q(x).view(B, M, h, D // h).transpose(1, 2)
+        out = F.scaled_dot_product_attention(q, cache.cross_k, cache.cross_v, attn_mask=allowed)
         return self.proj(out.transpose(1, 2).reshape(B, M, D))
 
 
@@ -142,4 +189,21 @@ class DecoderBlock(nn.Module):
     ) -> torch.Tensor:
         y = y + self.self_attn(self.norm1(y), self_allowed)
         y = y + self.cross_attn(self.query_norm(y), self.context_norm(context), cross_allowed)
+        return y + self.mlp(self.norm2(y))
+
+    def forward_cached(
+        self,
+        y: torch.Tensor,
+        context: torch.Tensor | None,
+        *,
+        cross_allowed: torch.Tensor,
+        cache: LayerCache,
+    ) -> torch.Tensor:
+        """Incremental decoding of the next positions ``y`` (B, T, D) of one causal target:
+        the same computation as :meth:`forward` with a causal self-attention mask, reusing
+        the K/V of earlier positions and of the context from ``cache``. ``context`` (the
+        un-normalized encoder output) is only needed on the first step."""
+        y = y + self.self_attn.forward_cached(self.norm1(y), cache)
+        ctx = self.context_norm(context) if cache.cross_k is None else None
+        y = y + self.cross_attn.forward_cached(self.query_norm(y), ctx, cross_allowed, cache)
         return y + self.mlp(self.norm2(y))

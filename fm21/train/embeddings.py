@@ -33,15 +33,36 @@ def sincos_1d(length: int, dim: int, temperature: float = 10000.0) -> torch.Tens
     return torch.cat([out.sin(), out.cos()], dim=1).float()[None]
 
 
-def sincos_2d(side: int, dim: int, temperature: float = 10000.0) -> torch.Tensor:
-    """(1, side*side, dim) fixed 2D sin-cos embedding of a row-major grid (MAE/4M)."""
+def sincos_2d(side: int, dim: int, temperature: float = 10000.0, *, order: str = "xy") -> torch.Tensor:
+    """(1, side*side, dim) fixed 2D sin-cos embedding of a row-major grid (MAE/4M).
+
+    ``order`` "xy": channels [sin, cos](column), then [sin, cos](row) (fm21's default).
+    "yx": row first, then column: the layout of apple/ml-4m `fourm/models/fm_utils.py`
+    (build_2d_sincos_posemb meshes (w, h) with ``indexing='ij'``, so its first half follows
+    the slow, row index of a row-major token grid); the released 4M models need it."""
     if dim % 4:
         raise ValueError(f"2D sin-cos needs dim divisible by 4, got {dim}")
+    if order not in ("xy", "yx"):
+        raise ValueError(f"2D sin-cos order must be 'xy' or 'yx', got {order!r}")
     rows, cols = torch.meshgrid(torch.arange(side), torch.arange(side), indexing="ij")
     omega = 1.0 / temperature ** (torch.arange(dim // 4, dtype=torch.float64) / (dim // 4))
-    out_w = cols.flatten().double()[:, None] * omega[None]  # (N, D/4)
-    out_h = rows.flatten().double()[:, None] * omega[None]
+    first, second = (cols, rows) if order == "xy" else (rows, cols)
+    out_w = first.flatten().double()[:, None] * omega[None]  # (N, D/4)
+    out_h = second.flatten().double()[:, None] * omega[None]
     return torch.cat([out_w.sin(), out_w.cos(), out_h.sin(), out_h.cos()], dim=1).float()[None]
+
+
+@torch.no_grad()
+def set_sincos_2d_order(module: nn.Module, order: str) -> None:
+    """Rebuild every fixed 2D grid table (:class:`GridPositions` sin-cos buffers) in ``order``
+    (see :func:`sincos_2d`); "xy" is how they are built, so it changes nothing."""
+    if order == "xy":
+        return
+    for m in module.modules():
+        if isinstance(m, GridPositions) and not m.learned:
+            n, dim = m.pos_emb.shape[1:]
+            side = int(round(n**0.5))
+            m.pos_emb.copy_(sincos_2d(side, dim, order=order))
 
 
 class GridPositions(nn.Module):

@@ -260,7 +260,7 @@ def train_worker(cfg: TrainConfig, ctx, par: Alone | None = None) -> dict:
     if cfg.batch_size % par.world_size:
         raise ValueError(f"train.batch_size {cfg.batch_size} is not divisible by {par.world_size} workers")
     uri = ctx.workdir.tokens_uri
-    specs = ctx.specs
+    specs = cfg.select(ctx.specs)  # train.modalities: the subset 4M trains on
     check_compatible(uri, specs)
     store_meta = read_store_metadata(uri)
     torch.manual_seed(cfg.seed)

@@ -49,12 +49,13 @@ def grid_decoder_attention_mask(target_mask: torch.Tensor) -> torch.Tensor:
 
 
 def max_budget(spec: ModalitySpec) -> int:
-    """Most tokens a modality can take from a budget: its grid, or its sequence + EOS."""
+    """Most tokens a modality can take from a budget: its grid, or its sequence. A
+    sequence's ``max_seq_len`` counts the appended EOS, as the reference's ``max_tokens``
+    does (apple/ml-4m `fourm/data/masking.py`, sequence_mask: ``seq_ids.append(eos_id)``
+    then ``seq_ids[:max_tokens]``): a 256-token caption keeps 256 tokens and loses its EOS."""
     if spec.is_image_like:
         return spec.num_tokens
-    if spec.kind == "embedding":
-        return int(spec.max_seq_len)
-    return int(spec.max_seq_len) + 1
+    return int(spec.max_seq_len)
 
 
 def empty_modality(spec: ModalitySpec) -> dict[str, np.ndarray]:

@@ -18,8 +18,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from fm21.modalities import ModalitySpec
-from fm21.train.blocks import DecoderBlock, EncoderBlock, attention_allowed, layer_norm
-from fm21.train.embeddings import DECODER_EMBEDDINGS, ENCODER_EMBEDDINGS, init_mae, scale_sincos_tables
+from fm21.train.blocks import DecoderBlock, EncoderBlock, LayerCache, attention_allowed, layer_norm
+from fm21.train.embeddings import (
+    DECODER_EMBEDDINGS, ENCODER_EMBEDDINGS, init_mae, scale_sincos_tables, set_sincos_2d_order,
+)
 
 ModDict = Mapping[str, Mapping[str, torch.Tensor]]
 
@@ -42,6 +44,10 @@ class FourMConfig:
     init_std: float = 0.02
     token_emb_std: float = 0.02  # encoder token embeddings (reference: init_std)
     pos_emb_scale: float = 1.0  # fixed sin-cos tables are multiplied by this (reference: 1)
+    # Opt-in layouts of the released 4M models (fm21/train/import_4m21.py); the defaults
+    # keep fm21's architecture and its checkpoints unchanged.
+    context_bias: bool | None = None  # bias of decoder_proj_context; None: follows ``bias`` (reference: True)
+    sincos_2d_order: str = "xy"  # 2D sin-cos channel order, "xy" | "yx" (reference: "yx")
     modalities: tuple[str, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
@@ -103,7 +109,8 @@ class FourM(nn.Module):
             bias=getattr(cfg, "bias", False), num_input_tokens=num_input_tokens,
             num_target_tokens=num_target_tokens, tie_sequence_logits=tie_sequence_logits,
             init_std=getattr(cfg, "init_std", 0.02), token_emb_std=getattr(cfg, "token_emb_std", 0.02),
-            pos_emb_scale=getattr(cfg, "pos_emb_scale", 1.0), modalities=tuple(self.specs),
+            pos_emb_scale=getattr(cfg, "pos_emb_scale", 1.0), context_bias=getattr(cfg, "context_bias", None),
+            sincos_2d_order=getattr(cfg, "sincos_2d_order", "xy"), modalities=tuple(self.specs),
         )
         d, c = cfg.dim, self.config
         block = {"mlp": c.mlp, "bias": c.bias}
@@ -123,11 +130,12 @@ class FourM(nn.Module):
         self.encoder_norm = layer_norm(d, c.bias)
         # the reference's has a bias in every size; here it follows ``bias`` so that the
         # 4M-21 (no-bias) trunk keeps the weight layout of earlier checkpoints
-        self.decoder_proj_context = nn.Linear(d, d, bias=c.bias)
+        self.decoder_proj_context = nn.Linear(d, d, bias=c.bias if c.context_bias is None else c.context_bias)
         self.decoder = nn.ModuleList(
             [DecoderBlock(d, c.num_heads, c.mlp_ratio, **block) for _ in range(c.decoder_depth)]
         )
         self.decoder_norm = layer_norm(d, c.bias)
+        set_sincos_2d_order(self, c.sincos_2d_order)
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -232,6 +240,40 @@ class FourM(nn.Module):
         y = slots.y
         for block in self.decoder:
             y = block(y, context, self_allowed=slots.self_allowed, cross_allowed=cross_allowed)
+        return self.decoder_norm(y)
+
+    # -------------------------------------------------------------------------- cached decoding
+    # Incremental decoding of one causal (sequence) target for autoregressive generation.
+    # Additive: training and :meth:`forward_logits` never call these. Slot i of a sequence
+    # target embeds the token at tensor index i and predicts index i + 1, exactly as
+    # :class:`~fm21.train.embeddings.SequenceDecoderEmbedding` builds it under teacher forcing.
+    def new_decode_cache(self) -> list[LayerCache]:
+        """An empty K/V cache, one :class:`LayerCache` per decoder layer."""
+        return [LayerCache() for _ in self.decoder]
+
+    def sequence_queries(self, name: str, ids: torch.Tensor, first_position: int) -> torch.Tensor:
+        """Decoder inputs (B, T, D) of the next T slots of sequence target ``name``: token
+        ``ids`` (B, T) + the 1D position of each slot counted over the target slots
+        (``first_position`` = how many target slots precede them) + the modality embedding."""
+        emb = self.decoder_embeddings[name]
+        T = ids.shape[1]
+        pos = emb.pos_table[:, first_position:first_position + T]  # (1, T, D)
+        return emb.token_emb(ids) + pos + self.mod_emb[name]
+
+    def decode_cached(
+        self,
+        y: torch.Tensor,
+        context: torch.Tensor,
+        context_ignore: torch.Tensor,
+        cache: list[LayerCache],
+    ) -> torch.Tensor:
+        """Run the decoder on the next causal positions ``y`` (B, T, D), attending to the
+        positions already in ``cache`` (which this extends) -> normalized (B, T, D).
+        ``context``/``context_ignore`` come from :meth:`encode`; their K/V are cached on the
+        first call."""
+        cross_allowed = attention_allowed(context_ignore.unsqueeze(1))
+        for block, layer_cache in zip(self.decoder, cache):
+            y = block.forward_cached(y, context, cross_allowed=cross_allowed, cache=layer_cache)
         return self.decoder_norm(y)
 
     # -------------------------------------------------------------------------- outputs

@@ -12,7 +12,7 @@ import pytest
 
 from fm21.config import ConfigError, SpecialistConfig, load_config
 from fm21.modalities import MODALITIES
-from fm21.pseudolabel.specialists import SPECIALISTS
+from fm21.pseudolabel.specialists import SPECIALISTS, specialist_class
 from fm21.pseudolabel.specialists.base import OracleInputError, OracleSpecialist, Specialist
 from fm21.pseudolabel.specialists.color_palette import NUM_PALETTES
 from fm21.pseudolabel.specialists.metadata import METADATA_FIELDS
@@ -101,14 +101,11 @@ def run_in_order(batch: dict) -> tuple[dict, dict[str, Specialist]]:
 def test_specialists_cover_the_default_modalities():
     cfg = load_config()
     used = {MODALITIES[m].specialist for m in cfg.modalities.enabled}
-    assert used == {
-        "image", "depth", "normal", "semseg", "detection", "caption",
-        "canny_edge", "sam_edge", "color_palette", "metadata",
-    }
-    assert used <= set(SPECIALISTS)
+    assert used == set(SPECIALISTS)  # the demo enables all 19 modalities: every specialist runs
     for name, spec_cfg in cfg.pseudolabel.specialists.items():
-        assert SPECIALISTS[name].name == name
-        SPECIALISTS[name](spec_cfg, image_size=cfg.ingest.image_size)  # flows.yaml is valid
+        cls = specialist_class(name, spec_cfg.weights)
+        assert cls.name == name
+        cls(spec_cfg, image_size=cfg.ingest.image_size)  # flows.yaml is valid
 
 
 @pytest.mark.parametrize("name", NO_WEIGHTS)
@@ -189,6 +186,25 @@ def test_detection_oracle_reads_synthetic_boxes():
     bare = make("detection")(batch)["det"][0]
     assert bare[0]["class_name"] == "cube"
     np.testing.assert_allclose(bare[0]["box"], [0.1, 0.2, 0.3, 0.4], atol=1e-6)
+
+
+def test_sam_oracle_gives_each_true_instance_as_a_sam_record():
+    from fm21.pseudolabel.specialists.sam import decode_rle
+
+    batch = synthetic_batch()
+    out = make("sam")(batch)["sam_instances"]
+    for i, gt in enumerate(batch["gt"]):
+        ids = [k for k in np.unique(gt["instance"]) if k]
+        assert len(out[i]) == len(ids) == 2
+        areas = [r["area"] for r in out[i]]
+        assert areas == sorted(areas, reverse=True)
+        for rec in out[i]:
+            mask = decode_rle(rec["rle"])
+            (k,) = np.unique(gt["instance"][mask])  # one true instance per record, all of it
+            assert mask.sum() == rec["area"] == (gt["instance"] == k).sum()
+            ys, xs = np.nonzero(mask)
+            np.testing.assert_allclose(rec["box"], [xs.min() / S, ys.min() / S, (xs.max() + 1) / S, (ys.max() + 1) / S])
+            assert rec["score"] == rec["stability_score"] == 1.0
 
 
 @pytest.mark.parametrize(

@@ -7,7 +7,7 @@ import json
 import pytest
 
 from fm21.tokenize.text import (
-    COCO_CLASSES,
+    CLASS_TOKENS,
     NUM_SPECIAL_TOKENS,
     TextTokenizer,
     train_text_tokenizer,
@@ -33,8 +33,10 @@ def test_special_token_ids_are_fixed(text_tok: TextTokenizer) -> None:
     assert text_tok.token_to_id("v0=0") == 204
     assert text_tok.token_to_id("v1=0") == 1204
     assert text_tok.token_to_id("v3=999") == 4203
-    assert text_tok.token_to_id("person") == 4204
-    assert text_tok.token_to_id("toothbrush") == 4283 == NUM_SPECIAL_TOKENS - 1
+    # class names in the reference's alphabetical order (test_reference_conventions.py pins all 80)
+    assert text_tok.token_to_id("airplane") == 4204
+    assert text_tok.token_to_id("person") == 4253
+    assert text_tok.token_to_id("zebra") == 4283 == NUM_SPECIAL_TOKENS - 1
     # learned pieces come after the specials
     assert text_tok.vocab_size > NUM_SPECIAL_TOKENS
     assert text_tok.encode("grass")[0] >= NUM_SPECIAL_TOKENS
@@ -42,7 +44,7 @@ def test_special_token_ids_are_fixed(text_tok: TextTokenizer) -> None:
 
 def test_every_value_and_class_is_one_token(text_tok: TextTokenizer) -> None:
     values = [f"v{v}={k}" for v in range(4) for k in range(1000)]
-    encoded = text_tok._tok.encode_batch(values + list(COCO_CLASSES), add_special_tokens=False)
+    encoded = text_tok._tok.encode_batch(values + list(CLASS_TOKENS), add_special_tokens=False)
     ids = [e.ids for e in encoded]
     assert all(len(i) == 1 for i in ids)
     assert [i[0] for i in ids] == list(range(204, NUM_SPECIAL_TOKENS))

@@ -33,6 +33,7 @@ from fm21.pseudolabel.specialists.normal import NormalOracle
 from fm21.pseudolabel.specialists.normal_dpt import NormalDPT
 from fm21.pseudolabel.specialists.sam import SamInstances
 from fm21.pseudolabel.specialists.sam_edge import SamEdge
+from fm21.pseudolabel.specialists.sam_oracle import SamOracle
 from fm21.pseudolabel.specialists.semseg import SemsegOracle
 from fm21.pseudolabel.specialists.semseg_mask2former import SemsegMask2Former
 from fm21.pseudolabel.specialists.t5 import T5CaptionEmbedding
@@ -53,7 +54,7 @@ SPECIALISTS: dict[str, type[Specialist]] = {
     "dinov2": Dinov2Features,
     "imagebind": ImageBindFeatures,
     "t5": T5CaptionEmbedding,
-    "sam": SamInstances,
+    "sam": SamOracle,
 }
 
 NETWORKS: dict[str, type[Specialist]] = {
@@ -62,6 +63,7 @@ NETWORKS: dict[str, type[Specialist]] = {
     "normal": NormalDPT,
     "semseg": SemsegMask2Former,
     "detection": DetectionNet,
+    "sam": SamInstances,
 }
 
 

@@ -15,7 +15,7 @@ import torch
 
 from fm21.config import ConfigError, SpecialistConfig
 from fm21.modalities import MODALITIES
-from fm21.pseudolabel.specialists import SPECIALISTS, specialist_class
+from fm21.pseudolabel.specialists import NETWORKS, SPECIALISTS, specialist_class
 from fm21.pseudolabel.specialists.sam import INSTANCE_STRUCT, decode_rle, encode_rle, instances_from_records
 from fm21.pseudolabel.specialists.sam_edge import SamEdge
 from fm21.pseudolabel.specialists.weights import cache_dir
@@ -35,7 +35,7 @@ def two_squares(num: int = 2) -> dict:
 
 def sam(weights: str = "random", **cfg):
     options = {**TINY, **cfg.pop("options", {})}
-    return SPECIALISTS["sam"](SpecialistConfig(weights=weights, options=options, **cfg), image_size=S)
+    return NETWORKS["sam"](SpecialistConfig(weights=weights, options=options, **cfg), image_size=S)
 
 
 def check_instances(values: list, field: pa.Field) -> int:
@@ -64,7 +64,8 @@ def check_instances(values: list, field: pa.Field) -> int:
 def test_registry_names_the_column_the_modality_reads():
     spec = MODALITIES["sam_instance"]
     cls = specialist_class(spec.specialist, "random")
-    assert cls.name == "sam" and cls is SPECIALISTS["sam"]
+    assert cls.name == "sam" and cls is NETWORKS["sam"]
+    assert specialist_class(spec.specialist, "none") is SPECIALISTS["sam"]  # the oracle (sam_oracle.py)
     assert [f.name for f in sam().columns()] == list(spec.label_columns)
 
 
@@ -128,7 +129,7 @@ def test_default_checkpoints_and_option_errors():
     with pytest.raises(ConfigError, match=r"sam\.options\.points_per_sid"):
         sam(options={"points_per_sid": 4})
     with pytest.raises(ConfigError, match="none"):
-        SPECIALISTS["sam"](SpecialistConfig(), image_size=S)  # a network: no weights-free mode
+        NETWORKS["sam"](SpecialistConfig(), image_size=S)  # the network: weights: none is the oracle's
 
 
 def test_wrong_image_size_names_the_sample():

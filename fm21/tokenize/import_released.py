@@ -1,0 +1,294 @@
+"""Import the released 4M tokenizers (apple/ml-4m README, ``EPFL-VILAB/4M_tokenizers_*``) into
+fm21 tokenizer checkpoint folders.
+
+A released tokenizer is a Hugging Face repo with ``config.json`` (the keyword arguments of
+apple/ml-4m `fourm/vq/vqvae.py` ``VQVAE``/``DiVAE``: ``enc_type``, ``dec_type``, ``patch_size``,
+``image_size``, ``codebook_size``, ``latent_dim``, ``quant_type``, ``num_codebooks``, ...) and
+``model.safetensors``. The sizes of the fm21 model are read from the tensors' shapes (widths,
+depth, position grid, codebook), the head count from the ``enc_type`` preset. Every fm21
+tensor is mapped from one named reference tensor with a shape assert; a reference key left
+over, or an fm21 key with no source, is an error that lists them all.
+
+What maps:
+
+- ``vqvae`` with the ViT trunk (semseg, CLIP/DINOv2/ImageBind feature maps): everything.
+  ``quant_proj`` -> ``to_latent``, ``post_quant_proj`` -> ``from_latent``, ``cls_emb`` ->
+  ``class_embed``, ``encoder.*``/``decoder.*`` one to one (``fm21.tokenize.vit``), the cosine
+  codebook ``quantize._codebook.embed`` -> ``quantizer.codebook`` with its rows L2-normalised
+  (the reference normalises them at every lookup, fm21 stores them unit-norm: the token ids
+  are the same), ``cluster_size`` as is, ``initted`` (a k-means flag) dropped.
+- ``divae`` (rgb, depth, normals, edges): the encoder and quantizer as above. The diffusion
+  decoder (`fourm/vq/models/unet/unet.py` ``PatchedUNetCondCat``, an ADM/guided-diffusion UNet)
+  is not mapped onto fm21's diffusers ``UNet2DModel``: it stays random and the checkpoint says
+  so (``training.random_parts``, ``metrics.json`` ``random``). docs/tokenizers.md says why.
+- ``memcodes`` (DINOv2/ImageBind global, human poses): everything (BottleneckMLP blocks and
+  layer norms, the 1x1-conv projections as linears, the Memcodes codes and key/value maps);
+  fm21's input standardisation buffers are set to the identity (the reference has none).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import re
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file
+
+from fm21.modalities import MODALITIES
+from fm21.tokenize import divae, memcodes, vqvae
+from fm21.tokenize.checkpoint import save_tokenizer
+from fm21.tokenize.image_tokenizer import TokenizerConfig
+
+# released repo (apple/ml-4m README, "Tokenizers") -> fm21 modality
+RELEASED: dict[str, str] = {
+    "EPFL-VILAB/4M_tokenizers_rgb_16k_224-448": "tok_rgb",
+    "EPFL-VILAB/4M_tokenizers_depth_8k_224-448": "tok_depth",
+    "EPFL-VILAB/4M_tokenizers_normal_8k_224-448": "tok_normal",
+    "EPFL-VILAB/4M_tokenizers_edge_8k_224-512": "tok_canny_edge",  # also tok_sam_edge (--modality)
+    "EPFL-VILAB/4M_tokenizers_semseg_4k_224-448": "tok_semseg",
+    "EPFL-VILAB/4M_tokenizers_CLIP-B16_8k_224-448": "tok_clip",
+    "EPFL-VILAB/4M_tokenizers_DINOv2-B14_8k_224-448": "tok_dinov2",
+    "EPFL-VILAB/4M_tokenizers_DINOv2-B14-global_8k_16_224": "tok_dinov2_global",
+    "EPFL-VILAB/4M_tokenizers_ImageBind-H14_8k_224-448": "tok_imagebind",
+    "EPFL-VILAB/4M_tokenizers_ImageBind-H14-global_8k_16_224": "tok_imagebind_global",
+    "EPFL-VILAB/4M_tokenizers_human-poses_1k_8": "human_poses",
+    # "EPFL-VILAB/4M_tokenizers_sam-instance_1k_64": the sam_mask family's own model, not imported
+}
+VIT_HEADS = {"vit_s": 8, "vit_b": 12, "vit_l": 16}  # `fourm/vq/models/vit_models.py` presets
+# reference keys with no fm21 counterpart, and why
+DROPPED = {"quantize._codebook.initted": "k-means-init flag of the lucid codebook (fm21 never k-means-inits)"}
+# The reference's reference-only ``ignore_keys``/loss modules are not in released state dicts.
+
+Transform = Callable[[torch.Tensor], torch.Tensor]
+Mapping = dict[str, tuple[str, Transform]]  # fm21 key -> (reference key, transform)
+
+
+def _same(t: torch.Tensor) -> torch.Tensor:
+    return t
+
+
+def _l2norm_rows(t: torch.Tensor) -> torch.Tensor:
+    return F.normalize(t.float(), dim=-1)
+
+
+def _sum_input_channels(t: torch.Tensor) -> torch.Tensor:
+    return t.sum(dim=1, keepdim=True)  # (D, 3, P, P) -> (D, 1, P, P)
+
+
+def _conv1x1_to_linear(t: torch.Tensor) -> torch.Tensor:
+    return t.reshape(t.shape[0], t.shape[1]) if t.ndim == 4 else t
+
+
+# ---------------------------------------------------------------------- reading
+def download_released(name: str, *, revision: str | None = None) -> Path:
+    """The local folder of a released tokenizer repo (``config.json`` + ``model.safetensors``)."""
+    from huggingface_hub import snapshot_download  # real user path; needs the network
+
+    return Path(snapshot_download(repo_id=name, revision=revision, allow_patterns=["config.json", "*.safetensors"]))
+
+
+def read_released(path: Path | str) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    """A released tokenizer folder -> (its config.json, its state dict)."""
+    path = Path(path)
+    config = json.loads((path / "config.json").read_text())
+    return config, load_file(str(path / "model.safetensors"))
+
+
+def released_kind(config: dict[str, Any], state: dict[str, torch.Tensor]) -> str:
+    """fm21 family of a released tokenizer: memcodes, divae (a diffusion decoder) or vqvae."""
+    if config.get("quant_type", config.get("quantizer_type")) == "memcodes" or "quantize.codes" in state:
+        return "memcodes"
+    dec = str(config.get("dec_type", config.get("decoder_type", "")))
+    if "unet" in dec or "uvit" in dec or "beta_schedule" in config:
+        return "divae"
+    return "vqvae"
+
+
+# ---------------------------------------------------------------------- ViT encoders/decoders
+def _depth(state: dict[str, torch.Tensor], prefix: str) -> int:
+    found = {int(m.group(1)) for k in state if (m := re.match(rf"{re.escape(prefix)}blocks\.(\d+)\.", k))}
+    return max(found) + 1 if found else 0
+
+
+def _heads(config: dict[str, Any], key: str, dim: int, num_heads: int | None) -> int:
+    if num_heads:
+        return num_heads
+    preset = str(config.get(key, "vit_b"))[:5]
+    heads = VIT_HEADS.get(preset)
+    if heads is None or dim % heads:
+        raise ValueError(f"cannot tell the attention heads of {config.get(key)!r} at width {dim}; pass num_heads")
+    return heads
+
+
+def _vit_config(modality: str, config: dict[str, Any], state: dict[str, torch.Tensor], family: str,
+                resolution: int | None, num_heads: int | None, decoder_options: dict[str, Any]) -> Any:
+    spec = MODALITIES[modality]
+    if resolution:
+        spec = spec.at(resolution=resolution)
+    proj = state["encoder.proj.weight"]  # (D, C_in, P, P)
+    dim, patch = proj.shape[0], proj.shape[-1]
+    codebook = state["quantize._codebook.embed"]
+    codebook = codebook.reshape(-1, codebook.shape[-1])  # (K, latent): one head in every release
+    if not config.get("post_mlp", True):
+        raise ValueError("released ViT tokenizers end in the tanh post-MLP; this one has post_mlp false")
+    if codebook.shape[0] != spec.vocab_size:
+        raise ValueError(f"{modality}: codebook of {codebook.shape[0]} codes, the registry says {spec.vocab_size}")
+    model = dict(
+        latent_dim=codebook.shape[1], hidden_dim=dim, num_layers=_depth(state, "encoder."), trunk="vit",
+        num_heads=_heads(config, "enc_type", dim, num_heads), pos_grid=state["encoder.pos_emb"].shape[-1],
+        commitment_weight=float(config.get("commitment_weight", 1.0)),
+    )
+    if family == "divae":
+        base = divae.DiVAEConfig.from_spec(spec, decoder_options)
+        cfg = dataclasses.replace(base, **model, codebook_ema_decay=float(config.get("ema_decay", 0.99)))
+    else:
+        if "cls_emb.weight" in state:
+            model["class_embed_dim"] = state["cls_emb.weight"].shape[1]
+        base = TokenizerConfig.from_spec(spec, {})
+        cfg = dataclasses.replace(base, **model, ema_decay=float(config.get("ema_decay", 0.99)))
+        if _depth(state, "decoder.") != cfg.num_layers or state["decoder.pos_emb"].shape[1] != dim:
+            raise ValueError("the decoder's depth/width differ from the encoder's (fm21's ViT trunk shares them)")
+    if cfg.patch_size != patch:
+        raise ValueError(f"{modality}: released patch {patch}, fm21 reads {cfg.patch_size} (spec {spec.name})")
+    return cfg
+
+
+def _vit_mapping(fm21_keys: list[str], family: str) -> Mapping:
+    """fm21 VQ-VAE/DiVAE key -> reference key. Trunk keys have the same names (fm21.tokenize.vit)."""
+    renames = {"to_latent.": "quant_proj.", "from_latent.": "post_quant_proj.", "class_embed.": "cls_emb."}
+    out: Mapping = {
+        "quantizer.codebook": ("quantize._codebook.embed", _l2norm_rows),
+        "quantizer.cluster_size": ("quantize._codebook.cluster_size", _same),
+    }
+    for key in fm21_keys:
+        if key in out or (family == "divae" and key.startswith("decoder.")):
+            continue
+        ref = next((r + key[len(f):] for f, r in renames.items() if key.startswith(f)), key)
+        out[key] = (ref, _same)
+    return out
+
+
+# ---------------------------------------------------------------------- Memcodes
+def _memcodes_config(modality: str, config: dict[str, Any], state: dict[str, torch.Tensor]) -> memcodes.MemcodesConfig:
+    spec = MODALITIES[modality]
+    codes = state["quantize.codes"]  # (H, K, d)
+    blocks = _depth(state, "encoder.")
+    hidden = state["encoder.linear_in.weight"].shape[0]
+    wide = state["encoder.blocks.0.block.0.weight"].shape[0]
+    options = {"hidden_dim": hidden, "num_blocks": blocks, "expansion": wide // hidden,
+               "latent_dim": state["quant_proj.weight"].shape[0]}
+    if spec.kind != "global_tokens":  # the pose tokenizer: codebook sizes are options
+        options |= {"vocab_size": codes.shape[1], "num_tokens": codes.shape[0]}
+    cfg = memcodes.MemcodesConfig.from_spec(spec, options)
+    if (cfg.num_tokens, cfg.vocab_size) != tuple(codes.shape[:2]):
+        raise ValueError(f"{modality}: released codebooks {tuple(codes.shape[:2])} (tokens, codes), fm21 "
+                         f"expects {(cfg.num_tokens, cfg.vocab_size)}")
+    return cfg
+
+
+def _memcodes_mapping(fm21_keys: list[str]) -> tuple[Mapping, dict[str, Transform]]:
+    """(fm21 key -> reference key, fm21 keys set without a source: the identity standardisation)."""
+    out: Mapping = {
+        "quantizer.codes": ("quantize.codes", _same),
+        "quantizer.to_k": ("quantize.to_k.weight", _same),  # EinMix 'h d c': the same (H, d, d)
+        "quantizer.to_v": ("quantize.to_v.weight", _same),
+    }
+    fixed = {"shift": torch.zeros_like, "scale": torch.ones_like}
+    for key in fm21_keys:
+        if key in out or key in fixed:
+            continue
+        if m := re.match(r"(encoder|decoder)\.blocks\.(\d+)\.(\d)\.(weight|bias)$", key):
+            part, i, layer, p = m.groups()  # fm21 Sequential(LN, Linear, GELU, Linear)
+            ref = {"0": f"{part}.layernorms.{i}.{p}", "1": f"{part}.blocks.{i}.block.0.{p}",
+                   "3": f"{part}.blocks.{i}.block.2.{p}"}[layer]
+            out[key] = (ref, _same)
+        elif key.startswith(("quant_proj.", "post_quant_proj.")):
+            out[key] = (key, _conv1x1_to_linear)  # the reference's 1x1 Conv2d on (B, C, 1, 1)
+        else:
+            out[key] = (key, _same)
+    return out, fixed
+
+
+# ---------------------------------------------------------------------- import
+def apply_mapping(target: dict[str, torch.Tensor], state: dict[str, torch.Tensor], mapping: Mapping, *,
+                  fixed: dict[str, Transform] | None = None, skip_prefixes: tuple[str, ...] = ()) -> dict[str, Any]:
+    """Fill ``target`` (an fm21 state dict, in place) from the reference ``state`` through
+    ``mapping``; shapes asserted. Raises ValueError naming every unmapped fm21 key and every
+    reference key left over (not consumed, not in ``DROPPED``, not under ``skip_prefixes``)."""
+    fixed = fixed or {}
+    unmapped = sorted(k for k in target if k not in mapping and k not in fixed
+                      and not k.startswith(skip_prefixes))
+    missing = sorted(f"{k} <- {mapping[k][0]}" for k in mapping if mapping[k][0] not in state)
+    used = {ref for ref, _ in mapping.values()}
+    leftover = sorted(k for k in state if k not in used and k not in DROPPED and not k.startswith(skip_prefixes))
+    if unmapped or missing or leftover:
+        raise ValueError("released state dict does not map: "
+                         f"fm21 keys without a source {unmapped + missing}; reference keys left over {leftover}")
+    for key, (ref, transform) in mapping.items():
+        value = transform(state[ref])
+        if tuple(value.shape) != tuple(target[key].shape):
+            raise ValueError(f"{ref} {tuple(state[ref].shape)} -> {key}: shape {tuple(value.shape)}, "
+                             f"fm21 expects {tuple(target[key].shape)}")
+        target[key] = value.to(target[key].dtype)
+    for key, make in fixed.items():
+        target[key] = make(target[key])
+    return {"mapped": len(mapping), "fixed": sorted(fixed), "dropped": sorted(k for k in state if k in DROPPED),
+            "skipped": sorted({k.split(".")[0] for k in state if k.startswith(skip_prefixes)})}
+
+
+def import_state(config: dict[str, Any], state: dict[str, torch.Tensor], modality: str, *,
+                 resolution: int | None = None, num_heads: int | None = None,
+                 decoder_options: dict[str, Any] | None = None) -> tuple[torch.nn.Module, dict[str, Any]]:
+    """A released tokenizer's config and state dict -> (fm21 tokenizer, import report).
+
+    ``resolution``: the fm21 spec's resolution (default the registry's, 224).
+    ``num_heads``: attention heads when ``enc_type`` names no preset of that width.
+    ``decoder_options``: DiVAE config keys of the (random) fm21 UNet decoder.
+    """
+    if modality not in MODALITIES:
+        raise ValueError(f"unknown modality {modality!r}")
+    kind = released_kind(config, state)
+    skip: tuple[str, ...] = ()
+    fixed: dict[str, Transform] = {}
+    if kind == "memcodes":
+        cfg = _memcodes_config(modality, config, state)
+        tok = memcodes.build(cfg)
+        mapping, fixed = _memcodes_mapping(list(tok.state_dict()))
+    else:
+        cfg = _vit_config(modality, config, state, kind, resolution, num_heads, dict(decoder_options or {}))
+        tok = (divae if kind == "divae" else vqvae).build(cfg)
+        if kind == "divae":
+            skip = ("decoder.",)
+        mapping = _vit_mapping(list(tok.state_dict()), kind)
+        fm21_in = tok.state_dict()["encoder.proj.weight"].shape[1]
+        if fm21_in == 1 and state["encoder.proj.weight"].shape[1] == 3:
+            # The edge DiVAE reads edges as 3 equal channels (RGBTransform); fm21 reads 1. A
+            # patch conv of [x, x, x] equals one of x with the channel weights summed: exact.
+            mapping["encoder.proj.weight"] = ("encoder.proj.weight", _sum_input_channels)
+    target = dict(tok.state_dict())
+    report = apply_mapping(target, state, mapping, fixed=fixed, skip_prefixes=skip)
+    tok.load_state_dict(target, strict=True)
+    report |= {"family": kind, "modality": modality, "random": ["decoder"] if skip else []}
+    tok.training_summary = {"imported_from": config.get("_source", "released"), "random_parts": report["random"]}
+    return tok.eval(), report
+
+
+def import_tokenizer(out: Path | str, *, name: str | None = None, path: Path | str | None = None,
+                     modality: str | None = None, **kwargs: Any) -> dict[str, Any]:
+    """Import a released tokenizer (hub ``name`` or local ``path``) into the fm21 checkpoint folder ``out``."""
+    if (name is None) == (path is None):
+        raise ValueError("give exactly one of name (a hub repo) or path (a local folder)")
+    modality = modality or RELEASED.get(name or "")
+    if modality is None:
+        raise ValueError(f"which modality does {name or path} tokenize? pass --modality (known releases: "
+                         f"{', '.join(RELEASED)})")
+    folder = download_released(name) if name else Path(path)
+    config, state = read_released(folder)
+    config["_source"] = name or str(path)
+    tok, report = import_state(config, state, modality, **kwargs)
+    report["fingerprint"] = save_tokenizer(tok, out, metrics={"imported": report, "random": report["random"]})
+    return report

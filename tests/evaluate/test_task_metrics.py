@@ -1,0 +1,77 @@
+"""The metrics of the non-dense evaluate tasks against hand-computed values, and the
+registry-driven task list."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from fm21.config import EVALUABLE_LABEL_KINDS, EvaluateConfig
+from fm21.evaluate.metrics import HEADLINE, caption_recall, detection_map, recall_at_k, rgb_metrics
+from fm21.evaluate.retrieval import chance
+from fm21.evaluate.stage import plan_tasks, summarise
+from fm21.modalities import resolve_specs
+
+BOX = {"box": [0.1, 0.1, 0.5, 0.5], "class_name": "cube"}
+OTHER = {"box": [0.6, 0.6, 0.9, 0.9], "class_name": "sphere"}
+
+
+def test_detection_map_perfect_missing_and_wrong():
+    truth = [[BOX, OTHER], [BOX]]
+    assert detection_map(truth, truth)["map_50"] == pytest.approx(1.0)
+    assert detection_map([[], []], truth)["map_50"] == pytest.approx(0.0)
+    wrong_class = [[{**BOX, "class_name": "sphere"}], [{**BOX, "class_name": "sphere"}]]
+    assert detection_map(wrong_class, truth)["map_50"] == pytest.approx(0.0)
+    # every cube found, no sphere: cube AP 1, sphere AP 0 -> mean 0.5
+    assert detection_map([[BOX], [BOX]], truth)["map_50"] == pytest.approx(0.5)
+    shifted = {**BOX, "box": [0.3, 0.3, 0.7, 0.7]}  # IoU 0.04/0.28 < 0.5 with BOX
+    assert detection_map([[shifted, OTHER], [shifted]], truth)["map_50"] == pytest.approx(0.5)
+
+
+def test_caption_recall_and_precision():
+    vocab = {"object_vocab": {"cube", "sphere", "cone"}, "colour_vocab": {"red", "blue", "green"}}
+    objects, colours = [{"cube", "sphere"}], [{"red", "blue"}]
+    perfect = caption_recall(["a red cube and a blue sphere."], objects, colours, **vocab)
+    assert perfect["recall"] == 1.0 and perfect["object_precision"] == 1.0
+    half = caption_recall(["a red cube and a green cone."], objects, colours, **vocab)
+    assert half["object_recall"] == 0.5 and half["colour_recall"] == 0.5 and half["object_precision"] == 0.5
+    listing = caption_recall(["cube sphere cone red blue green"], objects, colours, **vocab)
+    assert listing["recall"] == 1.0 and listing["colour_precision"] == pytest.approx(2 / 3)
+
+
+def test_rgb_psnr_and_recall_at_k():
+    true = np.zeros((1, 2, 2, 3), np.uint8)
+    pred = np.full((1, 2, 2, 3), 255.0)
+    assert rgb_metrics(pred, true)["psnr"] == pytest.approx(0.0)  # MSE = 255^2
+    off = true.astype(float)
+    off[0, 0, 1] = 51.0  # one pixel off by 51 in every channel; the mask scores it and one exact pixel
+    mask = np.array([[[True, True], [False, False]]])
+    assert rgb_metrics(off, true, mask=mask)["psnr"] == pytest.approx(10 * np.log10(255.0**2 / (51.0**2 / 2)))
+    assert rgb_metrics(off, true, mask=mask)["mae"] == pytest.approx(25.5)
+    found = [["a", "b", "c"], ["a", "b", "c"], ["c", "b", "a"]]
+    r = recall_at_k(found, ["a", "b", "x"], ks=(1, 2))
+    assert r == {"recall@1": pytest.approx(1 / 3), "recall@2": pytest.approx(2 / 3)}
+    assert recall_at_k([["k1"], ["k2"]], ["k1", "k2"], ks=(1,))["recall@1"] == 1.0
+    assert chance(20) == {"recall@1": 0.05, "recall@5": 0.25, "recall@10": 0.5}
+
+
+def test_summarise_picks_the_strongest_baseline_and_the_gap():
+    scores = {"all": {"4m": {"map_50": 0.6}, "tokenizer_bound": {"map_50": 1.0}, "a": {"map_50": 0.2},
+                      "b": {"map_50": 0.4}, "chance": {"map_50": 0.0}}}
+    res = summarise("boxes", {"scores": scores, "baselines": ["a", "b"]})
+    assert res["strongest_baseline"] == {"all": "b"} and res["gap_closed"]["all"] == pytest.approx(1 / 3)
+    assert res["beats_strongest_baseline"] and res["kind"] == "boxes"
+
+
+def test_tasks_follow_the_registry_and_skip_untrained_targets():
+    assert set(HEADLINE) == set(EVALUABLE_LABEL_KINDS)
+    cfg = EvaluateConfig(tasks=["depth", "det", "caption", "tok_dinov2_global"])
+    assert cfg.tasks == ["tok_depth", "det", "caption", "tok_dinov2_global"]
+    with pytest.raises(ValueError, match="no evaluation for label kind 'edges'"):
+        EvaluateConfig(tasks=["tok_canny_edge"])
+    specs = resolve_specs(["rgb", "tok_depth", "det", "tok_canny_edge"], resolution=32, patch_size=8)
+    run, skipped = plan_tasks(cfg.tasks, specs)
+    assert list(run) == ["tok_depth", "det"]
+    assert set(skipped) == {"caption", "dinov2_global"} and "did not train" in skipped["caption"]
+    run_all, _ = plan_tasks(None, specs)  # default: every evaluable target of the run
+    assert list(run_all) == ["tok_depth", "det"]
