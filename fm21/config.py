@@ -455,6 +455,27 @@ class TrainRayConfig(Strict):
     max_failures: int = Field(3, ge=-1)  # restarts from the last checkpoint after a worker dies; -1: unlimited
 
 
+class TokenStoreSource(Strict):
+    """One token store of the training mixture: ``path`` (local) or ``uri`` (``s3://...``),
+    sampled with probability ``weight / sum(weights)`` per sample (apple/ml-4m
+    `cfgs/default/4m/data/cc12m+coyo+c4/main/*.yaml`, ``weights: [0.6, 0.2, 0.2]``). Its
+    modalities must be tokenized as the run's; one it lacks is absent from its samples."""
+
+    path: str | None = None
+    uri: str | None = None
+    weight: float = Field(1.0, gt=0)
+
+    @model_validator(mode="after")
+    def _one_location(self) -> "TokenStoreSource":
+        if (self.path is None) == (self.uri is None):
+            raise ValueError("give exactly one of path and uri")
+        return self
+
+    @property
+    def location(self) -> str:
+        return self.uri if self.uri is not None else self.path  # type: ignore[return-value]
+
+
 class TrainConfig(Strict):
     model: ModelConfig = ModelConfig()
     # The modalities 4M trains on: a subset of modalities.enabled (null: all of them). The
@@ -468,6 +489,14 @@ class TrainConfig(Strict):
     lr: float = 1.6e-3
     min_lr: float = 0.0
     warmup_steps: int = 100
+    # The schedule counted in tokens seen (input + target tokens of every sample; apple/ml-4m
+    # `run_training_4m.py`: --total_tokens, --warmup_tokens). total_tokens sets the run's
+    # length (steps = ceil(total_tokens / tokens per step); do not also set steps);
+    # warmup_tokens replaces warmup_steps. Unset: the schedule counts steps, as always.
+    warmup_tokens: int | None = Field(None, gt=0)
+    total_tokens: int | None = Field(None, gt=0)
+    # Token stores mixed by weight; empty: the run's own tokens.lance, weight 1
+    stores: list[TokenStoreSource] = Field(default_factory=list)
     weight_decay: float = 0.05
     grad_clip: float = 1.0
     # Per-modality weights of the 'mod' loss (mean of per-modality means); 1 = the
@@ -489,6 +518,26 @@ class TrainConfig(Strict):
     # Applied from outside the model, per transformer block (fm21/train/parallelize.py)
     compile: bool = False  # torch.compile each block (benchmarks/bench_mfu.py measures it)
     activation_checkpointing: bool = False  # recompute each block's activations in backward
+
+    @property
+    def tokens_per_step(self) -> int:
+        """Tokens a step trains on: the global batch times the input and target budgets."""
+        return self.batch_size * (self.num_input_tokens + self.num_target_tokens)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _steps_from_tokens(cls, data: Any) -> Any:
+        """``total_tokens`` -> ``steps``; both set and disagreeing is an error naming both."""
+        if not isinstance(data, dict) or data.get("total_tokens") is None:
+            return data
+        fields = cls.model_fields
+        get = lambda k: data.get(k, fields[k].default)  # noqa: E731
+        per_step = int(get("batch_size")) * (int(get("num_input_tokens")) + int(get("num_target_tokens")))
+        steps = -(-int(data["total_tokens"]) // per_step)
+        if data.get("steps") is not None and int(data["steps"]) != steps:
+            raise ValueError(f"train.steps={data['steps']} and train.total_tokens={data['total_tokens']} "
+                             f"({steps} steps of {per_step} tokens) disagree: set one of them")
+        return {**data, "steps": steps}
 
     def select(self, specs: dict[str, ModalitySpec]) -> dict[str, ModalitySpec]:
         """The enabled ``specs`` 4M trains on (all of them unless ``modalities`` is set)."""

@@ -4,6 +4,11 @@ Used by the 4M trainer (``fm21.train.loop.lr_at``) and every tokenizer trainer
 (``fm21.tokenize``), so a schedule fix or a test covers them all. The shape is the
 reference's (apple/ml-4m `run_training_4m.py` and `run_training_vqvae.py`: linear warmup
 from 0, then half a cosine period down to a floor).
+
+The schedule is stated in any unit that grows linearly with training: optimizer steps
+(the tokenizer trainers, a steps-configured 4M run) or tokens seen (a 4M run configured by
+``train.warmup_tokens`` / ``train.total_tokens``, as the reference's `--warmup_tokens` /
+`--total_tokens`): ``warmup_cosine(tokens, steps=total_tokens, warmup=warmup_tokens)``.
 """
 
 from __future__ import annotations
@@ -12,7 +17,7 @@ import math
 
 
 def warmup_cosine(step: int, *, steps: int, peak: float, warmup: int, floor: float = 0.0) -> float:
-    """LR of optimizer step ``step`` (0-based) of ``steps``.
+    """LR at position ``step`` (0-based; a step or a token count) of ``steps`` (same unit).
 
     ``peak * step / warmup`` during the first ``warmup`` steps (0 at step 0, ``peak`` at
     step ``warmup``), then ``floor + (peak - floor) * (1 + cos(pi * t)) / 2`` with ``t`` going

@@ -14,6 +14,7 @@ import torch
 
 from fm21.evaluate.sampler import generate, init_empty_target, init_full_input
 from fm21.modalities import ModalitySpec
+from fm21.tokenize.serialize import split_palettes
 from fm21.train.loader import row_to_sample
 from fm21.train.masking import EOS_ID
 
@@ -32,7 +33,10 @@ def condition_tensor(rows: list[dict], name: str, spec: ModalitySpec) -> torch.T
         raise ValueError(f"{name}: conditioning on {spec.kind} is not supported here")
     out = torch.zeros(len(rows), spec.seq_tensor_len, dtype=torch.long)
     for i, r in enumerate(rows):
-        ids = [int(t) for t in (r.get(name) or [])][: spec.max_seq_len] + [EOS_ID]
+        ids = [int(t) for t in (r.get(name) or [])]
+        if spec.label_kind == "palette":  # tokens.lance holds the palettes of every k: the largest
+            ids = split_palettes(ids)[-1]
+        ids = ids[: spec.max_seq_len] + [EOS_ID]
         out[i, : len(ids)] = torch.tensor(ids)
     return out
 

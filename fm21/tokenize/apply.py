@@ -212,7 +212,10 @@ class TokenizeActor:
                 row[ENCODER_KEYS[spec.serialization]] = encoder
             rng = np.random.default_rng([self.cfg.seed, index, key_hash(batch["key"][i])])
             text = serialize(spec.serialization, row, crop, size=size, rng=rng)
-            out.append(self._ids(text))
+            ids = self._ids(text)
+            if spec.label_kind == "palette" and ids is not None:
+                _check_palettes(ids, len(text))
+            out.append(ids)
         return out
 
     def _feature_maps(self, spec: ModalitySpec, batch: dict, crops: list, *, index: int) -> np.ndarray:
@@ -274,9 +277,19 @@ class TokenizeActor:
     def _ids(self, text: str | list[str] | None) -> list[int] | None:
         if text is None:
             return None
-        if isinstance(text, list):  # metadata chunks: one field = exactly two ids
+        if isinstance(text, list):  # metadata chunks (one field = two ids), or the palettes of every k
             return [i for chunk in text for i in self.text.encode(chunk)]
         return self.text.encode(text)
+
+
+def _check_palettes(ids: list[int], count: int) -> None:
+    """The stored palettes must split back into ``count`` (k = 1..count) for the loader to
+    draw k per load: each ``vN=k`` one id of the text tokenizer (``split_palettes``)."""
+    from fm21.tokenize.serialize import split_palettes
+
+    if len(split_palettes(ids)) != count:
+        raise ValueError(f"color_palette: {count} palettes encoded to {len(ids)} ids, which do not split into "
+                         "palettes of 1 + 3k ids: the text tokenizer must encode each vN=k as one token")
 
 
 def _load_feature_specialists(features: dict[str, dict]) -> dict[str, Any]:

@@ -3,7 +3,7 @@
 The serialisers themselves live in ``fm21.tokenize.serialize`` and
 ``fm21.tokenize.serialize_instances``; this module only picks the label column each
 sequence modality reads and applies the crop (boxes move with the crop window; the
-palette size k is drawn per (sample, crop)).
+palettes of every size k are kept, the training loader draws k per load).
 
 Two serialisations embed the ids of a small tokenizer, which the caller puts in the row
 next to the label column (a callable, so the ids are those of this crop):
@@ -50,14 +50,19 @@ def _det(row: dict, crop: Crop, size: int, rng: np.random.Generator) -> str | No
     return serialize_det(crop_boxes(row["det"], crop, size=size))
 
 
-def _color_palette(row: dict, crop: Crop, size: int, rng: np.random.Generator) -> str | None:
+def _color_palette(row: dict, crop: Crop, size: int, rng: np.random.Generator) -> list[str] | None:
+    """The palettes for every stored k (1..7), in k order: the training loader draws k per
+    load (apple/ml-4m `fourm/data/modality_transforms.py`, ColorPaletteTransform: k uniform
+    in 1..7 each time a sample is loaded; ``fm21.tokenize.serialize.split_palettes``)."""
     palettes = row.get("color_palette")
     if not palettes:
         return None
-    k = int(rng.integers(1, len(palettes) + 1))  # apple/ml-4m `fourm/data/modality_transforms.py`, ColorPaletteTransform: k uniform in 1..7
-    flat = list(palettes[k - 1])
-    colors = [tuple(flat[i:i + 3]) for i in range(0, len(flat), 3)]
-    return serialize_color_palette({k: colors}, k)
+    out = []
+    for k, flat in enumerate(palettes, start=1):
+        flat = list(flat)
+        colors = [tuple(flat[i:i + 3]) for i in range(0, len(flat), 3)]
+        out.append(serialize_color_palette({k: colors}, k))
+    return out
 
 
 def _metadata(row: dict, crop: Crop, size: int, rng: np.random.Generator) -> list[str] | None:

@@ -2,7 +2,8 @@
 
 - det: ``v0=x0 v1=y0 v2=x1 v3=y1 <class>`` per box (coords ``round(c * 999)``), boxes
   with score >= threshold, ordered by ``xmin**2 + ymin**2``; no boxes -> ``""``.
-- color palette: ``v1=k v0=R v0=G v0=B ...`` (k colours, 0..255 values).
+- color palette: ``v1=k v0=R v0=G v0=B ...`` (k colours, 0..255 values); the tokens
+  stage stores every k (``split_palettes``), the loader draws one per load.
 - metadata: one chunk ``v1=<field id> v0=<value>`` per present field, values clamped to
   0..999, optionally shuffled; the model span-masks the chunks.
 - caption: the raw string (the text tokenizer lower-cases).
@@ -68,6 +69,33 @@ def parse_color_palette(text: str) -> list[tuple[int, int, int]]:
     k = values[0][1]
     channels = [v for kind, v in values[1:] if kind == 0][: 3 * k]
     return [tuple(channels[i : i + 3]) for i in range(0, len(channels) - 2, 3)]
+
+
+def palette_num_ids(k: int) -> int:
+    """Text-token ids of a k-colour palette: ``v1=k`` and 3k ``v0=c``, each one added token
+    of the text tokenizer (``fm21.tokenize.text``)."""
+    return 1 + 3 * k
+
+
+def split_palettes(ids: Sequence[int]) -> list[list[int]]:
+    """A stored palette sequence -> its palettes ``[k=1, k=2, ..., k=n]``.
+
+    The tokens stage stores the ids of the palettes for every k, concatenated in k order,
+    so that the loader redraws k at every load as the reference does (apple/ml-4m
+    `fourm/data/modality_transforms.py`, ColorPaletteTransform: ``random.randint(1, 7)``
+    per load). A sequence that is not such a concatenation (one palette, from a store
+    tokenized before) is returned as the only palette: no length ``1 + 3k`` of one palette
+    is a sum of the lengths of palettes 1..n except k = 1, which is both.
+    """
+    ids = list(ids)
+    out, start, k = [], 0, 1
+    while start < len(ids):
+        end = start + palette_num_ids(k)
+        if end > len(ids):
+            return [ids]
+        out.append(ids[start:end])
+        start, k = end, k + 1
+    return out or [ids]
 
 
 # --------------------------------------------------------------------------- metadata

@@ -1,24 +1,29 @@
-"""Lance token store -> masked, batched ``mod_dict``s.
+"""Lance token stores -> masked, batched ``mod_dict``s.
 
-Rows are streamed fragment by fragment (shuffled per epoch, split across DataLoader
-workers and, under Ray Train, across ranks), permuted within shuffle windows, turned into
-per-sample dicts (the masking contract), masked by ``UnifiedMasking`` and collated. The
-batch of each training step is a pure function of the seed and the step, so a resumed
-run sees the batches of an uninterrupted one (``LanceTokenDataset``).
+Each rank (and each of its DataLoader workers) reads only the rows of the samples it
+trains on, from one or more token stores mixed by weight (``fm21.train.stores`` reads a
+store as a positioned stream); rows become per-sample dicts (the masking contract, with
+the reference's per-load transforms: metadata chunk order, palette size), are masked by
+``UnifiedMasking`` and collated. The global batch of each training step is a pure
+function of the seed and the step, whatever the number of ranks, so a resumed run sees
+the batches of an uninterrupted one (``LanceTokenDataset``).
 """
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
 from fm21.modalities import ModalitySpec
-from fm21.store.tokens import read_schema_metadata
+from fm21.tokenize.serialize import split_palettes
+from fm21.train.stores import StoreStream, crop_choice, store_modalities, table_rows
+
+__all__ = ["LanceTokenDataset", "MASK_CHUNK", "crop_choice", "make_loader", "read_split", "row_to_sample",
+           "table_rows"]
 
 IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32).reshape(3, 1, 1)
 IMAGENET_STD = np.array([0.229, 0.224, 0.225], dtype=np.float32).reshape(3, 1, 1)
@@ -28,10 +33,16 @@ IMAGENET_STD = np.array([0.229, 0.224, 0.225], dtype=np.float32).reshape(3, 1, 1
 MASK_CHUNK = {"metadata": 2}
 
 
-def row_to_sample(row: dict[str, Any], specs: dict[str, ModalitySpec]) -> dict[str, Any]:
+def row_to_sample(row: dict[str, Any], specs: dict[str, ModalitySpec],
+                  rng: np.random.Generator | None = None) -> dict[str, Any]:
     """One token-store row -> the per-modality sample the masking expects.
 
-    Missing values (null) are left out: masking treats them as fully masked.
+    Missing values (null, or a column the store lacks) are left out: masking treats them
+    as fully masked. With ``rng`` (training and validation), the reference's per-load
+    transforms (apple/ml-4m `fourm/data/modality_transforms.py`): metadata chunks in a
+    random order (MetadataTransform, ``shuffle=True``) and a palette of ``k`` colours with
+    ``k`` uniform in 1..7 (ColorPaletteTransform). Without it (evaluation): metadata in id
+    order and the largest stored palette.
     """
     sample: dict[str, Any] = {}
     for name, spec in specs.items():
@@ -47,61 +58,55 @@ def row_to_sample(row: dict[str, Any], specs: dict[str, ModalitySpec]) -> dict[s
             sample[name] = np.asarray(value, dtype=np.int64)  # (N,)
         elif spec.label_kind in MASK_CHUNK:
             ids, size = list(value), MASK_CHUNK[spec.label_kind]
-            sample[name] = [ids[i:i + size] for i in range(0, len(ids), size)]
+            chunks = [ids[i:i + size] for i in range(0, len(ids), size)]
+            sample[name] = chunks if rng is None else [chunks[i] for i in rng.permutation(len(chunks))]
+        elif spec.label_kind == "palette":
+            palettes = split_palettes(list(value))  # k = 1..n, or the one palette of an older store
+            k = len(palettes) if rng is None else int(rng.integers(1, len(palettes) + 1))
+            sample[name] = palettes[k - 1]
         else:
             sample[name] = list(value)
     return sample
 
 
-def table_rows(table) -> Iterator[dict[str, Any]]:
-    """Arrow table -> row dicts; fixed-size columns become numpy rows (no Python lists)."""
-    import pyarrow as pa
-
-    columns: dict[str, Any] = {}
-    for name in table.column_names:
-        col = table.column(name).combine_chunks()
-        if pa.types.is_fixed_size_list(col.type) and col.null_count == 0:
-            columns[name] = col.flatten().to_numpy(zero_copy_only=False).reshape(len(col), -1)
-        else:
-            columns[name] = col.to_pylist()
-    for i in range(table.num_rows):
-        yield {name: values[i] for name, values in columns.items()}
-
-
 class LanceTokenDataset(IterableDataset):
-    """Endless stream of masked, collated batches from one split of tokens.lance.
+    """Endless stream of masked, collated batches from one split of one or more token stores.
 
-    The batch of training step ``s`` is a pure function of ``(seed, rank, s)`` and the
-    reader layout (:meth:`layout`): resuming at step ``s`` needs no saved loader state, only
-    the step, and gives the batches an uninterrupted run would have seen.
+    The global batch of training step ``s`` is a pure function of ``(seed, s)`` and the
+    reader layout (:meth:`layout`), not of the number of ranks: resuming at step ``s`` needs
+    no saved loader state, only the step, and W ranks together train on the samples one
+    process would. Each rank yields only its part of it (``batch_size / world_size`` samples)
+    and reads only those rows (``fm21.train.stores``).
 
-    - *Streams.* Each rank reads ``num_streams`` streams (one per DataLoader worker); step
-      ``s`` takes the next ``batch_size`` rows of stream ``s % num_streams``. The DataLoader
-      hands its i-th batch to worker ``i % num_workers``, so worker ``w`` serves stream
-      ``(start_step + w) % num_streams`` for the whole run, whatever step it resumes at.
-    - *Epochs.* Every epoch the fragments are shuffled by ``(seed, epoch)``; stream ``g`` of
-      ``G = world_size * num_streams`` reads fragments ``g, g + G, ...`` of that order, so
-      readers share no fragment (a store with fewer fragments than readers is read whole
-      by each). Each key contributes one stored crop per epoch, chosen by a hash of
-      ``(seed, epoch, key)``: a sample is seen once per epoch, in a different crop.
-    - *Shuffle windows.* A stream's fragments are grouped into windows of at least
-      ``shuffle_buffer`` rows, and each window's rows are permuted by
-      ``(seed, epoch, stream, window)``. Seeking to a position reads only the row counts
-      of the windows it skips (the split and crop columns).
-    - *Masking.* Step ``s``'s samples are masked with ``default_rng([seed, rank, s])``.
+    - *Streams.* Each store is read as ``num_streams`` streams (one per DataLoader worker);
+      step ``s`` takes stream positions ``[(s // N) * B, (s // N + 1) * B)`` of stream
+      ``s % N`` (``N = num_streams``, ``B = batch_size``). The DataLoader hands its i-th
+      batch to worker ``i % num_workers``, so worker ``w`` serves stream
+      ``(start_step + w) % N`` for the whole run, whatever step it resumes at.
+    - *Ranks.* Rank ``r`` of ``W`` takes batch positions ``[r * B / W, (r + 1) * B / W)``.
+    - *Samples.* The stores of step ``s``'s samples are drawn together from
+      ``default_rng([seed, s])`` (weights of ``stores``); everything else the sample at batch
+      position ``p`` draws comes from its own ``default_rng([seed, s, p])``: at load the
+      metadata chunk order and the palette size (:func:`row_to_sample`), then its masks.
+    - *Read-ahead.* A reader entering rows it lacks also reads the rows this rank will
+      need in the next ``readahead_steps`` steps of the same shuffle window, one ``take``
+      per fragment for them all.
+    - *Stores.* Every store's stream advances by ``B`` positions a step; a position's row
+      is read only from the store drawn for it. A store of weight ``w`` thus gives each
+      step ``~w * B`` samples and sees each of its rows ``w`` times an epoch on average.
+      With one store (the default) every row is seen once an epoch.
 
-    Lance is opened inside ``__iter__``, i.e. in the worker (Lance is not fork-safe; the
-    loader starts workers with ``spawn``). Only ``key``, ``crop`` and the modalities in
-    ``specs`` are read. Assumes rows are never deleted (tokens.lance only grows) and
-    every key has rows for crops ``0..num_crops-1`` in one fragment (the tokens job
-    writes a key's crops together).
+    Only ``key``, ``crop`` and the modalities in ``specs`` a store holds are read; a
+    modality a store lacks is absent from its samples (fully masked: never an input or a
+    target). Assumes rows are never deleted (tokens.lance only grows) and every key has
+    rows for crops ``0..num_crops-1`` in one fragment (the tokens job writes them together).
     """
 
     def __init__(
         self,
-        uri: Path | str,
+        uri: Path | str | Sequence[tuple[Path | str, float]],
         specs: dict[str, ModalitySpec],
-        masking: Callable[[dict, np.random.Generator], dict],
+        masking: Callable[[dict, np.random.Generator], dict] | None,
         *,
         batch_size: int,
         split: str = "train",
@@ -113,21 +118,47 @@ class LanceTokenDataset(IterableDataset):
         start_step: int = 0,
         num_crops: int | None = None,
         collate: Callable[[list], Any] | None = None,
+        readahead_steps: int = 8,
     ) -> None:
-        self.uri, self.specs, self.masking = str(uri), specs, masking
+        if batch_size % world_size:
+            raise ValueError(f"batch_size {batch_size} is not divisible by {world_size} ranks")
+        stores = [(uri, 1.0)] if isinstance(uri, (str, Path)) else list(uri)
+        self.stores = [(str(u), float(w)) for u, w in stores]
+        if not self.stores or any(w <= 0 for _, w in self.stores):
+            raise ValueError(f"token stores need positive weights: {self.stores}")
+        self.uri = self.stores[0][0]
+        self.specs, self.masking = specs, masking
         self.batch_size, self.split, self.shuffle_buffer, self.seed = batch_size, split, shuffle_buffer, seed
         self.rank, self.world_size, self.num_streams, self.start_step = rank, world_size, num_streams, start_step
-        self.num_crops = num_crops  # None: the store's layout metadata (1 if it has none)
+        self.num_crops = num_crops  # None: each store's layout metadata (1 if it has none)
         self.collate = collate
+        self.readahead_steps = readahead_steps  # steps of this rank's rows read at once (memory: their rows)
         self.columns = ["key", "crop", *specs]
-        self._counts: dict[int, int] = {}  # fragment id -> keys in the split (fixed: the store only grows)
+        weights = np.array([w for _, w in self.stores])
+        self._cumulative = np.cumsum(weights) / weights.sum()
+        self._choices: dict[int, np.ndarray] = {}  # step -> stores of its samples
 
     def layout(self) -> dict[str, Any]:
         """What, besides the step, decides the batch stream: a resume with another layout
-        still works but sees other batches than the interrupted run would have."""
+        still works but sees other batches than the interrupted run would have. The number
+        of ranks is not part of it."""
         return {"seed": self.seed, "batch_size": self.batch_size, "split": self.split,
-                "shuffle_buffer": self.shuffle_buffer, "world_size": self.world_size,
-                "num_streams": self.num_streams}
+                "shuffle_buffer": self.shuffle_buffer, "num_streams": self.num_streams,
+                "stores": [list(s) for s in self.stores], "sample_rng": "seed/step/position"}
+
+    def stores_of(self, step: int) -> np.ndarray:
+        """The store of each of the ``batch_size`` samples of ``step``: all drawn at once from
+        ``default_rng([seed, step])``, so any rank (or a read-ahead) finds them cheaply."""
+        if len(self.stores) == 1:
+            return np.zeros(self.batch_size, np.int64)
+        cached = self._choices.get(step)
+        if cached is None:
+            if len(self._choices) > 256:
+                self._choices.clear()
+            u = np.random.default_rng([self.seed, step]).random(self.batch_size)
+            cached = self._choices[step] = np.minimum(np.searchsorted(self._cumulative, u, side="right"),
+                                                      len(self.stores) - 1)
+        return cached
 
     def __iter__(self) -> Iterator[Any]:
         info = get_worker_info()
@@ -138,85 +169,50 @@ class LanceTokenDataset(IterableDataset):
 
         collate = self.collate or collate_mod_dicts
         step = self.start_step + worker
-        stream = step % self.num_streams
-        rows = self._stream(stream, skip=(step // self.num_streams) * self.batch_size)
+        readers = self.open_streams(step % self.num_streams)
+        mine = self._mine()
         while True:
-            batch = [next(rows) for _ in range(self.batch_size)]
-            rng = np.random.default_rng([self.seed, self.rank, step])
-            yield collate([self._sample(row, rng) for row in batch])
+            base = (step // self.num_streams) * self.batch_size
+            store = self.stores_of(step)
+            rows: dict[int, dict[str, Any]] = {}
+            for j, reader in enumerate(readers):
+                chosen = [p for p in mine if store[p] == j]
+                rows.update(zip(chosen, reader.rows_at([base + p for p in chosen])))
+            # everything else a sample draws (load transforms, masks) comes from its own rng
+            yield collate([self._sample(rows[p], np.random.default_rng([self.seed, step, p])) for p in mine])
             step += self.num_streams
 
-    def _sample(self, row: dict[str, Any], rng: np.random.Generator) -> Any:
-        return self.masking(row_to_sample(row, self.specs), rng)
+    def _mine(self) -> range:
+        """This rank's positions in every global batch."""
+        per_rank = self.batch_size // self.world_size
+        return range(self.rank * per_rank, (self.rank + 1) * per_rank)
 
-    def _stream(self, stream: int, *, skip: int) -> Iterator[dict[str, Any]]:
-        """Rows of one stream, from position ``skip`` on (positions count from the run's start)."""
+    def _wanted(self, stream: int, store: int):
+        """Whether this rank will read stream position ``q`` of ``store`` (for read-ahead)."""
+        mine, size, streams = self._mine(), self.batch_size, self.num_streams
+
+        def wanted(q: int) -> bool:
+            p = q % size
+            return p in mine and int(self.stores_of((q // size) * streams + stream)[p]) == store
+        return wanted
+
+    def open_streams(self, stream: int) -> list[StoreStream]:
+        """One reader per store for ``stream``, projected on the modalities it holds."""
         import lance
 
-        ds = lance.dataset(self.uri)  # opened here, in the worker process
-        num_crops = self.num_crops or int(read_schema_metadata(ds.schema)["layout"].get("num_crops", 1))
-        fragments = sorted(ds.get_fragments(), key=lambda f: f.fragment_id)
-        reader, readers = self.rank * self.num_streams + stream, self.world_size * self.num_streams
-        epoch = 0
-        while True:
-            order = np.random.default_rng([self.seed, epoch]).permutation(len(fragments))
-            mine = [fragments[i] for i in order]
-            mine = mine if len(mine) < readers else mine[reader::readers]
-            windows = self._windows(mine)
-            if not any(n for _, n in windows):
-                raise ValueError(f"{self.uri} has no rows in split {self.split!r} for reader {reader} of {readers}")
-            for index, (window, size) in enumerate(windows):
-                if skip >= size:
-                    skip -= size
-                    continue
-                rows = self._read(window, epoch=epoch, num_crops=num_crops)
-                perm = np.random.default_rng([self.seed, epoch, reader, index]).permutation(len(rows))
-                for i in perm[skip:]:
-                    yield rows[i]
-                skip = 0
-            epoch += 1
+        readers = []
+        for j, (uri, _) in enumerate(self.stores):
+            ds = lance.dataset(uri)  # opened here, in the worker process
+            present = store_modalities(uri, self.specs, schema=ds.schema)
+            readers.append(StoreStream(uri, ["key", "crop", *present], split=self.split,
+                                       shuffle_buffer=self.shuffle_buffer, seed=self.seed, stream=stream,
+                                       num_streams=self.num_streams, num_crops=self.num_crops,
+                                       salt=() if j == 0 else (j,), wanted=self._wanted(stream, j),
+                                       readahead=self.readahead_steps * self.batch_size))
+        return readers
 
-    def _windows(self, fragments: list) -> list[tuple[list, int]]:
-        """Consecutive fragments grouped into windows of >= shuffle_buffer rows, with sizes."""
-        windows: list[tuple[list, int]] = []
-        current: list = []
-        size = 0
-        for frag in fragments:
-            if frag.fragment_id not in self._counts:
-                # Not frag.count_rows(filter): it holds the GIL through its I/O, which deadlocks
-                # against an S3 endpoint served from this process (moto in the tests).
-                where = f"split = '{self.split}' AND crop = 0"
-                self._counts[frag.fragment_id] = frag.to_table(columns=["crop"], filter=where).num_rows
-            current.append(frag)
-            size += self._counts[frag.fragment_id]
-            if size >= self.shuffle_buffer:
-                windows.append((current, size))
-                current, size = [], 0
-        if current:
-            windows.append((current, size))
-        return windows
-
-    def _read(self, window: list, *, epoch: int, num_crops: int) -> list[dict[str, Any]]:
-        """The rows of a window, one crop per key: key and crop are read first, then only
-        the chosen rows' modality columns (``take`` by offset in the fragment)."""
-        rows: list[dict[str, Any]] = []
-        for frag in window:
-            index = frag.to_table(columns=["key", "crop"], filter=f"split = '{self.split}'", with_row_address=True)
-            keys, crops = index.column("key").to_pylist(), index.column("crop").to_pylist()
-            addresses = index.column("_rowaddr").to_numpy()
-            chosen = [int(a) & 0xFFFFFFFF for k, c, a in zip(keys, crops, addresses)
-                      if c == crop_choice(k, seed=self.seed, epoch=epoch, num_crops=num_crops)]
-            rows += table_rows(frag.take(chosen, columns=self.columns))
-        return rows
-
-
-def crop_choice(key: str, *, seed: int, epoch: int, num_crops: int) -> int:
-    """The stored crop of ``key`` used in ``epoch``: uniform, independent across epochs and
-    keys, and the same in every process (a keyed hash, not Python's salted ``hash``)."""
-    if num_crops <= 1:
-        return 0
-    digest = hashlib.blake2b(f"{seed}/{epoch}/{key}".encode(), digest_size=8).digest()
-    return int.from_bytes(digest, "little") % num_crops
+    def _sample(self, row: dict[str, Any], rng: np.random.Generator) -> Any:
+        return self.masking(row_to_sample(row, self.specs, rng), rng)
 
 
 def read_split(uri: Path, specs: dict[str, ModalitySpec], *, split: str, limit: int) -> list[dict]:

@@ -39,8 +39,17 @@ log = logging.getLogger("fm21")
 
 def lr_at(step: int, cfg: TrainConfig) -> float:
     """Linear warmup from 0, then cosine decay to min_lr (apple/ml-4m `run_training_4m.py`, `cfgs/default/4m/`):
-    the project's one schedule, ``fm21.schedules.warmup_cosine``."""
-    return warmup_cosine(step, steps=cfg.steps, peak=cfg.lr, warmup=cfg.warmup_steps, floor=cfg.min_lr)
+    the project's one schedule, ``fm21.schedules.warmup_cosine``.
+
+    Counted in steps, unless ``train.warmup_tokens`` or ``train.total_tokens`` is set: then
+    in tokens seen before ``step`` (``step * cfg.tokens_per_step``), the unset one derived
+    from its steps value. The steps path is the one every steps-configured run had."""
+    if cfg.warmup_tokens is None and cfg.total_tokens is None:
+        return warmup_cosine(step, steps=cfg.steps, peak=cfg.lr, warmup=cfg.warmup_steps, floor=cfg.min_lr)
+    per_step = cfg.tokens_per_step
+    total = cfg.total_tokens if cfg.total_tokens is not None else cfg.steps * per_step
+    warmup = cfg.warmup_tokens if cfg.warmup_tokens is not None else cfg.warmup_steps * per_step
+    return warmup_cosine(step * per_step, steps=total, peak=cfg.lr, warmup=warmup, floor=cfg.min_lr)
 
 
 NO_DECAY_MODULES = (nn.LayerNorm, nn.GroupNorm, nn.RMSNorm, nn.modules.batchnorm._BatchNorm)
@@ -126,10 +135,26 @@ def autocast(precision: str, device: str):
     return torch.autocast(torch.device(device).type, dtype=torch.bfloat16, enabled=precision == "bf16")
 
 
+def token_stores(cfg: TrainConfig, default_uri) -> list[tuple[str, float]]:
+    """``train.stores`` as ``(location, weight)``, each checked to exist (an error names its
+    key); empty: the run's own tokens.lance, weight 1."""
+    if not cfg.stores:
+        return [(str(default_uri), 1.0)]
+    out = []
+    for i, store in enumerate(cfg.stores):
+        key = f"train.stores[{i}].{'uri' if store.uri is not None else 'path'}"
+        if not fs.exists(store.location):
+            raise ValueError(f"{key}: no token store at {store.location}")
+        out.append((store.location, store.weight))
+    return out
+
+
 def _train_dataset(cfg: TrainConfig, uri, specs, *, rank: int = 0, world_size: int = 1) -> LanceTokenDataset:
-    """The training split as a stream of batches that is a pure function of (seed, step)."""
-    return LanceTokenDataset(uri, specs, _masking(cfg, specs, cfg.seed), batch_size=cfg.batch_size, seed=cfg.seed,
-                             rank=rank, world_size=world_size, num_streams=max(1, cfg.num_workers))
+    """The training split as a stream of batches that is a pure function of (seed, step);
+    this rank's part of each (``uri``: the run's tokens.lance, unless ``train.stores``)."""
+    return LanceTokenDataset(token_stores(cfg, uri), specs, _masking(cfg, specs, cfg.seed),
+                             batch_size=cfg.batch_size, seed=cfg.seed, rank=rank, world_size=world_size,
+                             num_streams=max(1, cfg.num_workers))
 
 
 def _batches_from(dataset: LanceTokenDataset, start: int, cfg: TrainConfig):
@@ -162,7 +187,7 @@ def validation_batches(uri, specs, masking: UnifiedMasking, cfg: TrainConfig) ->
         return []
     rows = read_split(uri, specs, split="val", limit=cfg.val_samples)
     rng = np.random.default_rng(cfg.seed + 7919)
-    samples = [masking(row_to_sample(r, specs), rng) for r in rows]
+    samples = [masking(row_to_sample(r, specs, rng), rng) for r in rows]
     return [collate_mod_dicts(samples[i:i + cfg.batch_size]) for i in range(0, len(samples), cfg.batch_size)]
 
 
@@ -218,23 +243,14 @@ def run_train(cfg: TrainConfig, ctx) -> dict:
     return train_worker(cfg, ctx)
 
 
-def _rank_slice(mod_dict: dict, rank: int, world_size: int) -> dict:
-    """This rank's part of the global batch: rows [rank*B/W, (rank+1)*B/W)."""
-    if world_size == 1:
-        return mod_dict
-    size = next(iter(next(iter(mod_dict.values())).values())).shape[0] // world_size
-    lo = rank * size
-    return {m: {k: v[lo:lo + size] for k, v in d.items()} for m, d in mod_dict.items()}
-
-
 def train_worker(cfg: TrainConfig, ctx, par: Alone | None = None) -> dict:
     """The training loop of one rank (``par``: its data-parallel hooks; None: one process).
 
-    Every rank builds the same model, resumes from the same checkpoint and draws the same
-    global batch of ``train.batch_size`` samples, then trains on its own disjoint slice of
-    it: W ranks x B/W samples are one process x B samples (up to float reduction order and
-    the per-rank mean of each modality's loss). Only rank 0 writes history, plots and
-    checkpoint files.
+    Every rank builds the same model, resumes from the same checkpoint and reads only its
+    own disjoint part of the step's global batch of ``train.batch_size`` samples (the
+    batch does not depend on the number of ranks): W ranks x B/W samples are one process x
+    B samples (up to float reduction order and the per-rank mean of each modality's loss).
+    Only rank 0 writes history, plots and checkpoint files.
     """
     from fm21.store.manifest import fingerprint_of, read_manifest
     from fm21.store.tokens import check_compatible, read_store_metadata
@@ -256,9 +272,9 @@ def train_worker(cfg: TrainConfig, ctx, par: Alone | None = None) -> dict:
     # The run's identity leaves out train.ray: the same run may resume on another cluster size.
     run_fp = fingerprint_of({"train": cfg.model_dump(mode="json", exclude={"ray"}),
                              "tokens": (read_manifest(ctx.workdir.manifest("tokens")) or {}).get("fingerprint")})
-    # Every rank draws the whole global batch of a step (a pure function of seed and step)
-    # and trains on its slice (_rank_slice): the same samples as one process at that batch.
-    dataset = _train_dataset(cfg, uri, specs)
+    # Each rank reads its part of the step's global batch (a pure function of seed and
+    # step, whatever the number of ranks): the samples of one process at that batch.
+    dataset = _train_dataset(cfg, uri, specs, rank=par.rank, world_size=par.world_size)
     start = _resume(ckpt_dir, run_fp, model, opt, steps=cfg.steps, loader_layout=dataset.layout())
     num_parameters = sum(p.numel() for p in model.parameters())
     model, opt = par.wrap(model, opt)
@@ -274,7 +290,7 @@ def train_worker(cfg: TrainConfig, ctx, par: Alone | None = None) -> dict:
     model.train()
     with progress("train", total=cfg.steps - start, unit="step") as advance:
         for step in range(start, cfg.steps):
-            mod_dict = _to_device(_rank_slice(next(batches), par.rank, par.world_size), device)
+            mod_dict = _to_device(next(batches), device)
             for group in opt.param_groups:
                 group["lr"] = lr_at(step, cfg)
             with autocast(precision, device):

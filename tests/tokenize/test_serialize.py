@@ -14,6 +14,7 @@ from fm21.tokenize.serialize import (
     serialize_color_palette,
     serialize_det,
     serialize_metadata,
+    split_palettes,
 )
 from fm21.tokenize.text import COCO_CLASSES, TextTokenizer, train_text_tokenizer
 
@@ -102,3 +103,54 @@ def test_metadata_table_and_unknown_field() -> None:
         serialize_metadata({"not_a_field": 1})
     # every chunk is exactly two tokens
     assert serialize_metadata({"semantic_diversity": 2}) == ["v1=16 v0=2"]
+
+
+def test_the_tokens_stage_keeps_every_palette_size_and_the_loader_draws_k_per_load(text_tok: TextTokenizer) -> None:
+    """The reference draws k uniform in 1..7 every time a sample is loaded (apple/ml-4m
+    `fourm/data/modality_transforms.py`, ColorPaletteTransform: ``random.randint(1, 7)``),
+    so tokens.lance holds the palettes of every k; the loader picks one per (seed, step,
+    sample), and without an rng (evaluation) the largest."""
+    from fm21.modalities import resolve_specs
+    from fm21.tokenize.crops import Crop
+    from fm21.tokenize.sequences import serialize
+    from fm21.train.loader import row_to_sample
+
+    rng = np.random.default_rng(0)
+    stored = [rng.integers(0, 256, 3 * k).astype(np.uint8) for k in range(1, 8)]  # labels.lance: k = 1..7
+    texts = serialize("color_palette", {"color_palette": stored}, Crop(0, 0, 32, 32, False), size=32, rng=rng)
+    ids = [i for t in texts for i in text_tok.encode(t)]  # as the tokens stage stores them
+    palettes = split_palettes(ids)
+    assert [len(p) for p in palettes] == [1 + 3 * k for k in range(1, 8)]
+    for k, p in enumerate(palettes, start=1):
+        assert parse_color_palette(text_tok.decode(p)) == [tuple(int(c) for c in stored[k - 1][i:i + 3])
+                                                           for i in range(0, 3 * k, 3)]
+    spec = resolve_specs(["color_palette"], resolution=32, patch_size=8, image_vocab_size=16, text_vocab_size=4400)
+    drawn = [row_to_sample({"color_palette": ids}, spec, np.random.default_rng([0, step, 3]))["color_palette"]
+             for step in range(700)]
+    counts = np.bincount([palettes.index(d) for d in drawn], minlength=7)
+    assert counts.min() > 70 and counts.max() < 130, counts  # uniform over k = 1..7 (100 expected each)
+    again = row_to_sample({"color_palette": ids}, spec, np.random.default_rng([0, 5, 3]))["color_palette"]
+    assert again == drawn[5]  # a function of (seed, step, sample): resume sees the same k
+    assert row_to_sample({"color_palette": ids}, spec)["color_palette"] == palettes[-1]
+    one = palettes[2]  # a store tokenized before: one palette per row, used as it is
+    assert split_palettes(one) == [one]
+    assert row_to_sample({"color_palette": one}, spec, np.random.default_rng(1))["color_palette"] == one
+
+
+def test_metadata_chunks_are_shuffled_per_load_as_the_reference(text_tok: TextTokenizer) -> None:
+    """apple/ml-4m MetadataTransform (``shuffle=True``) shuffles the fields on every load; the
+    loader permutes the stored ``v1=<id> v0=<value>`` chunks by the sample's rng (id order
+    without one)."""
+    from fm21.modalities import resolve_specs
+    from fm21.train.loader import row_to_sample
+
+    spec = resolve_specs(["metadata"], resolution=32, patch_size=8, image_vocab_size=16, text_vocab_size=4400)
+    chunks = [text_tok.encode(c) for c in serialize_metadata({f.name: 1 for f in METADATA_FIELDS[:5]})]
+    assert all(len(c) == 2 for c in chunks)
+    ids = [i for c in chunks for i in c]
+    assert row_to_sample({"metadata": ids}, spec)["metadata"] == chunks
+    orders = [row_to_sample({"metadata": ids}, spec, np.random.default_rng([0, s, 0]))["metadata"] for s in range(200)]
+    assert all(sorted(o) == sorted(chunks) for o in orders)  # the same fields, reordered
+    firsts = np.bincount([chunks.index(o[0]) for o in orders], minlength=5)
+    assert firsts.min() > 20, firsts  # every field leads sometimes (40 expected each)
+    assert row_to_sample({"metadata": ids}, spec, np.random.default_rng([0, 9, 0]))["metadata"] == orders[9]

@@ -170,3 +170,26 @@ def test_bf16_autocast_runs_the_matmuls_in_bf16_and_keeps_the_loss_fp32():
     assert abs(float(loss16) - float(loss32)) < 0.02 * float(loss32)  # same model, bf16 rounding only
     loss16.backward()
     assert all(p.grad is None or p.grad.dtype == torch.float32 for p in model.parameters())
+
+
+# ------------------------------------------------------------------------------ schedule in tokens
+def test_lr_counted_in_tokens_follows_the_steps_schedule_it_equals():
+    """warmup_tokens / total_tokens (apple/ml-4m `run_training_4m.py` --warmup_tokens,
+    --total_tokens): the same curve as the steps schedule they amount to; a steps-only
+    config is the steps schedule itself, bit for bit."""
+    from fm21.schedules import warmup_cosine
+
+    base = dict(batch_size=4, num_input_tokens=8, num_target_tokens=8, lr=1e-3, min_lr=1e-5)
+    per_step = 4 * 16
+    by_steps = TrainConfig(steps=100, warmup_steps=10, **base)
+    by_tokens = TrainConfig(total_tokens=100 * per_step, warmup_tokens=10 * per_step, **base)
+    assert by_tokens.steps == 100 and by_tokens.tokens_per_step == per_step
+    for s in range(0, 101, 7):
+        assert lr_at(s, by_steps) == warmup_cosine(s, steps=100, peak=1e-3, warmup=10, floor=1e-5)
+        assert lr_at(s, by_tokens) == pytest.approx(lr_at(s, by_steps), rel=1e-12, abs=1e-15)
+    # warmup in tokens alone: half of a step's tokens more warmup moves the curve
+    half = TrainConfig(steps=100, warmup_tokens=int(10.5 * per_step), **base)
+    assert lr_at(10, half) == pytest.approx(1e-3 * 10 / 10.5)
+    assert TrainConfig(total_tokens=100 * per_step + 1, **base).steps == 101  # ceil: every token trained
+    with pytest.raises(ValueError, match="train.steps=50 and train.total_tokens"):
+        TrainConfig(steps=50, total_tokens=100 * per_step, **base)

@@ -27,16 +27,16 @@ def _column(spec: ModalitySpec, n: int, rng: np.random.Generator) -> list:
 
 
 def write_store(uri: Path, specs: dict[str, ModalitySpec], *, num_keys: int, keys_per_fragment: int,
-                num_crops: int = 1, val_every: int = 0, seed: int = 0) -> None:
-    """``num_keys`` keys (every ``val_every``-th in the val split), each with ``num_crops``
-    rows written together, ``keys_per_fragment`` keys per fragment."""
+                num_crops: int = 1, val_every: int = 0, seed: int = 0, prefix: str = "k") -> None:
+    """``num_keys`` keys ``<prefix>00000``.. (every ``val_every``-th in the val split), each
+    with ``num_crops`` rows written together, ``keys_per_fragment`` keys per fragment."""
     rng = np.random.default_rng(seed)
     schema = tokens_schema(specs, tokenizers={}, labels_fp="test", layout={"num_crops": num_crops})
     for first in range(0, num_keys, keys_per_fragment):
-        keys = [f"k{i:05d}" for i in range(first, min(num_keys, first + keys_per_fragment))]
+        keys = [f"{prefix}{i:05d}" for i in range(first, min(num_keys, first + keys_per_fragment))]
         rows = {"key": [k for k in keys for _ in range(num_crops)],
                 "crop": [c for _ in keys for c in range(num_crops)],
-                "split": ["val" if val_every and int(k[1:]) % val_every == 0 else "train"
+                "split": ["val" if val_every and int(k[len(prefix):]) % val_every == 0 else "train"
                           for k in keys for _ in range(num_crops)]}
         for name, spec in specs.items():
             rows[name] = _column(spec, len(rows["key"]), rng)
