@@ -513,6 +513,10 @@ class TrainConfig(Strict):
     # same learning (docs/learning.md). The run's manifest records what was used.
     precision: Literal["fp32", "bf16", "auto"] = "fp32"
     num_workers: int = 0
+    # Fine-tuning: the weights a fresh run starts from (an fm21 checkpoint folder, e.g.
+    # written by `fm21 import 4m21`, or a checkpoints folder with LATEST); a run that
+    # resumes its own checkpoint ignores it. train.model must describe its architecture.
+    init_from: str | None = None
     seed: int = 0
     ray: TrainRayConfig = TrainRayConfig()
     # Applied from outside the model, per transformer block (fm21/train/parallelize.py)

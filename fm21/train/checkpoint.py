@@ -214,3 +214,39 @@ def load_latest(ckpt_dir: Location | str, *, map_location: str = "cpu") -> tuple
     if latest is None:
         raise FileNotFoundError(f"{ckpt_dir}: no checkpoint ({LATEST_FILE} missing); run the train stage first")
     return load_checkpoint(latest, map_location=map_location)
+
+
+def init_weights(model: FourM, source: Location | str) -> dict[str, Any]:
+    """Start a run from the weights of checkpoint ``source`` (fine-tuning, e.g. from
+    ``fm21 import 4m21``): a checkpoint folder, or a checkpoints folder with ``LATEST``.
+
+    Every tensor of ``model`` must be in the checkpoint with its shape (the run's
+    ``train.model`` must describe the checkpoint's architecture). The checkpoint's
+    tensors of modalities this run does not train are left out; any other difference is
+    an error listing every key. Returns the checkpoint's config (its ``step``, ``extra``).
+    """
+    source = as_location(source)
+    folder = source if (source / CONFIG_FILE).exists() else resolve_latest(source)
+    if folder is None or not (folder / CONFIG_FILE).exists():
+        raise FileNotFoundError(f"train.init_from: no checkpoint at {source} (no {CONFIG_FILE}, no {LATEST_FILE})")
+    config = read_checkpoint_config(folder)
+    state = load(fs.read_bytes(folder / WEIGHTS_FILE))
+    own = model.state_dict()
+    missing = sorted(k for k in own if k not in state)
+    misshapen = sorted(f"{k}: {tuple(state[k].shape)} in the checkpoint, {tuple(v.shape)} here"
+                       for k, v in own.items() if k in state and state[k].shape != v.shape)
+    others = set(config.get("specs") or {}) - set(model.specs)
+    unused = sorted(k for k in state if k not in own and not _of_modality(k, others))
+    if missing or misshapen or unused:
+        raise ValueError(
+            f"train.init_from {folder}: the checkpoint does not fit train.model "
+            f"(checkpoint model: {config.get('model')}): missing {missing}, mis-shaped {misshapen}, "
+            f"left over {unused}")
+    model.load_state_dict({k: state[k] for k in own}, strict=True)
+    return config
+
+
+def _of_modality(key: str, names: set[str]) -> bool:
+    """Whether parameter ``key`` belongs to one of the modalities ``names`` (their embeddings)."""
+    parts = key.split(".")
+    return len(parts) > 1 and parts[0] in ("encoder_embeddings", "decoder_embeddings", "mod_emb") and parts[1] in names

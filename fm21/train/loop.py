@@ -26,8 +26,8 @@ from fm21.store import fs
 from fm21.store.fs import Location
 from fm21.faults import crash_point
 from fm21.train.checkpoint import (
-    CONFIG_FILE, LEGACY_LATEST, IncompleteCheckpoint, load_checkpoint, load_training_state, publish_latest,
-    resolve_latest, rng_state, save_checkpoint, set_rng_state,
+    CONFIG_FILE, LEGACY_LATEST, IncompleteCheckpoint, init_weights, load_checkpoint, load_training_state,
+    publish_latest, resolve_latest, rng_state, save_checkpoint, set_rng_state,
 )
 from fm21.train.loader import LanceTokenDataset, make_loader, row_to_sample
 from fm21.train.masking import UnifiedMasking
@@ -276,6 +276,10 @@ def train_worker(cfg: TrainConfig, ctx, par: Alone | None = None) -> dict:
     # step, whatever the number of ranks): the samples of one process at that batch.
     dataset = _train_dataset(cfg, uri, specs, rank=par.rank, world_size=par.world_size)
     start = _resume(ckpt_dir, run_fp, model, opt, steps=cfg.steps, loader_layout=dataset.layout())
+    if start == 0 and cfg.init_from:  # fine-tuning: a fresh run from another checkpoint's weights
+        source = init_weights(model, cfg.init_from)
+        log.info("train: initialised from %s (step %s, %s)", cfg.init_from, source.get("step"),
+                 source.get("extra", {}).get("weights", "fm21"))
     num_parameters = sum(p.numel() for p in model.parameters())
     model, opt = par.wrap(model, opt)
     batches = _batches_from(dataset, start, cfg)
