@@ -162,3 +162,17 @@ def _full(size: int):
     from fm21.tokenize.crops import Crop
 
     return Crop(0, 0, size, size, False)
+
+
+def test_evaluation_covers_every_trained_task_kind(build):
+    """evaluate.tasks: null scores every evaluable target 4M trained on: the dense maps,
+    det, caption, X->RGB and retrieval, each with its baseline, bound and chance."""
+    cfg, wd, manifests, _, _ = build
+    metrics = json.loads((wd.reports_dir / "metrics.json").read_text())
+    report = (wd.reports_dir / "report.md").read_text()
+    for row in ("| depth |", "| normal |", "| semseg |", "| det |", "| caption |", "| rgb from depth |",
+                "| dinov2_global |", "| imagebind_global |"):
+        assert row in report, row
+    assert "## Retrieval" in report and "true embedding" in report
+    assert manifests["evaluate"]["counts"]["num_samples"] == cfg.evaluate.num_samples
+    assert metrics  # the JSON behind the report
