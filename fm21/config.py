@@ -239,6 +239,8 @@ class DivaeOptions(FamilyOptions):
     num_layers: int | None = None
     latent_dim: int | None = None
     trunk: str | None = None
+    num_heads: int | None = None  # vit trunk
+    pos_grid: int | None = None  # vit trunk
     unet_channels: list[int] | None = None
     layers_per_block: int | None = None
     decoder_patch: int | None = None
