@@ -118,12 +118,20 @@ METRICS = {
 HEADLINE = {"depth": ("delta1", +1), "normal": ("mean_angle", -1), "classes": ("miou", +1),
             "boxes": ("map_50", +1), "text": ("f1", +1), "rgb": ("psnr", +1), "vector": ("recall@1", +1)}
 
+def headline_of(result: dict, kind: str) -> tuple[str, int]:
+    """A task's headline (metric, direction): its own when it names one (X -> RGB with a
+    feature specialist of real weights), else its label kind's."""
+    metric, sign = result.get("headline") or HEADLINE[kind]
+    return metric, int(sign)
+
+
 # Direction of every reported metric: +1 higher is better, -1 lower is better.
 DIRECTION = {"delta1": +1, "abs_rel": -1, "mean_angle": -1, "median_angle": -1, "within_11.25": +1,
              "miou": +1, "pixel_acc": +1, "map_50": +1, "mean_boxes": 0, "recall": +1, "object_recall": +1,
              "colour_recall": +1, "object_precision": +1, "colour_precision": +1, "f1": +1, "object_f1": +1,
              "colour_f1": +1, "psnr": +1, "mae": -1,
-             "recall@1": +1, "recall@5": +1, "recall@10": +1, "cosine": +1}
+             "recall@1": +1, "recall@5": +1, "recall@10": +1, "cosine": +1,
+             "dinov2_distance": -1, "clip_distance": -1}
 
 
 # ------------------------------------------------------------------------------ boxes
