@@ -5,8 +5,8 @@ PSNR rewards the blurry average: under squared error the mean training image is 
 constant, and a sharp sample with the objects slightly off loses to it. A distance in a
 pretrained network's feature space scores what the image shows instead (the idea behind
 perceptual metrics: Zhang et al., "The Unreasonable Effectiveness of Deep Features as a
-Perceptual Metric", CVPR 2018; 4M-21 scores its RGB generations with CLIP features,
-apple/ml-4m README "generation"). The specialist is the one that labelled the run
+Perceptual Metric", CVPR 2018; apple/ml-4m ``run_generation.py`` scores generations in
+feature space too: FID on Inception features and CLIPScore). The specialist is the one that labelled the run
 (``pseudolabel.specialists``, built by ``fm21.pseudolabel.worker.build_specialist``), so
 the distance is measured in the space the run's feature modalities come from. A random
 specialist is tagged ``random``: its distance is plumbing, not quality.
