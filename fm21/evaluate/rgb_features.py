@@ -36,7 +36,7 @@ def metric_name(specialist: str) -> str:
 
 def load_scorers(specialists: dict, *, image_size: int) -> dict:
     """name -> loaded feature specialist, for each of ``FEATURE_SPECIALISTS`` the run
-    configures with network weights (pretrained, path or random)."""
+    configures with network weights (pretrained, path or random) that are on this machine."""
     import torch
 
     from fm21.pseudolabel.specialists.feature_network import FeatureNetwork
@@ -50,9 +50,14 @@ def load_scorers(specialists: dict, *, image_size: int) -> dict:
             if cfg is None or not cfg.enabled or cfg.weights == "none":
                 continue
             spec = build_specialist(name, cfg, image_size=image_size)
-            if isinstance(spec, FeatureNetwork):
-                spec.load()
-                out[name] = spec
+            if not isinstance(spec, FeatureNetwork):
+                continue
+            if not spec.is_cached():  # evaluate never downloads: the pseudolabel stage fetched them
+                log.warning("evaluate: %s weights (%s) are not in the cache: no %s for X -> RGB",
+                            name, spec.describe_source(), metric_name(name))
+                continue
+            spec.load()
+            out[name] = spec
     finally:
         torch.set_rng_state(state)
     return out

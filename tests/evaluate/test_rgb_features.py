@@ -30,6 +30,9 @@ def test_the_runs_specialist_is_loaded_random_and_leaves_the_torch_stream_alone(
     assert list(loaded) == ["dinov2"] and loaded["dinov2"].is_random
     assert headline(loaded) is None  # random features: PSNR stays the headline
     assert headline({"dinov2": SimpleNamespace(is_random=False)}) == ("dinov2_distance", -1)
+    # weights not on this machine: no distance (evaluate never downloads), the stage goes on
+    missing = SpecialistConfig(weights="path", path="/nonexistent/dinov2", options=TINY_DINO.options)
+    assert load_scorers({"dinov2": missing}, image_size=32) == {}
 
 
 def test_distance_is_zero_for_the_truth_and_grows_with_a_different_image(scorers):
