@@ -14,11 +14,11 @@ import logging
 import os
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import fm21
-from fm21.config import FlowConfig, RayConfig
+from fm21.config import FlowConfig, RayConfig, SpecialistConfig
 from fm21.modalities import ModalitySpec
 from fm21.store.layout import STAGES, Workdir
 from fm21.store.manifest import fingerprint_of, library_versions, read_manifest, write_json_atomic
@@ -57,10 +57,14 @@ class RunContext:
     seed: int
     specs: dict[str, ModalitySpec]
     ray: RayConfig
+    # the run's specialists (pseudolabel.specialists): evaluate embeds X -> RGB images with
+    # the run's own DINOv2 / CLIP for its feature distance (fm21/evaluate/rgb_features.py)
+    specialists: dict[str, SpecialistConfig] = field(default_factory=dict)
 
     @classmethod
     def from_config(cls, cfg: FlowConfig) -> RunContext:
-        return cls(workdir=Workdir(cfg.workdir), seed=cfg.seed, specs=cfg.specs(), ray=cfg.ray)
+        return cls(workdir=Workdir(cfg.workdir), seed=cfg.seed, specs=cfg.specs(), ray=cfg.ray,
+                   specialists=dict(cfg.pseudolabel.specialists))
 
 
 def _stage_fn(name: str) -> Callable[[Any, RunContext], dict]:

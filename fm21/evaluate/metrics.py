@@ -1,6 +1,6 @@
 """Task metrics against ground truth, chosen by the target's label kind
 (``ModalitySpec.label_kind``): depth (delta1, AbsRel), normal (angle), classes (mIoU),
-boxes (mAP@0.5, torchmetrics + pycocotools), text (object/colour recall of a caption),
+boxes (mAP@0.5, torchmetrics + pycocotools), text (object/colour F1 of a caption),
 rgb (PSNR), vector (recall@k of retrieval by the embedding).
 
 Every metric takes an optional boolean ``mask`` (B, R, R) of the pixels to score, so the
@@ -116,13 +116,22 @@ METRICS = {
 # label kind -> the metric that decides "better", and in which direction. The label kinds
 # listed here are the evaluable ones: a target modality of such a kind is an evaluate task.
 HEADLINE = {"depth": ("delta1", +1), "normal": ("mean_angle", -1), "classes": ("miou", +1),
-            "boxes": ("map_50", +1), "text": ("recall", +1), "rgb": ("psnr", +1), "vector": ("recall@1", +1)}
+            "boxes": ("map_50", +1), "text": ("f1", +1), "rgb": ("psnr", +1), "vector": ("recall@1", +1)}
+
+def headline_of(result: dict, kind: str) -> tuple[str, int]:
+    """A task's headline (metric, direction): its own when it names one (X -> RGB with a
+    feature specialist of real weights), else its label kind's."""
+    metric, sign = result.get("headline") or HEADLINE[kind]
+    return metric, int(sign)
+
 
 # Direction of every reported metric: +1 higher is better, -1 lower is better.
 DIRECTION = {"delta1": +1, "abs_rel": -1, "mean_angle": -1, "median_angle": -1, "within_11.25": +1,
              "miou": +1, "pixel_acc": +1, "map_50": +1, "mean_boxes": 0, "recall": +1, "object_recall": +1,
-             "colour_recall": +1, "object_precision": +1, "colour_precision": +1, "psnr": +1, "mae": -1,
-             "recall@1": +1, "recall@5": +1, "recall@10": +1, "cosine": +1}
+             "colour_recall": +1, "object_precision": +1, "colour_precision": +1, "f1": +1, "object_f1": +1,
+             "colour_f1": +1, "psnr": +1, "mae": -1,
+             "recall@1": +1, "recall@5": +1, "recall@10": +1, "cosine": +1,
+             "dinov2_distance": -1, "clip_distance": -1}
 
 
 # ------------------------------------------------------------------------------ boxes
@@ -158,25 +167,39 @@ def detection_map(pred: list[list[dict]], true: list[list[dict]]) -> dict[str, f
 _WORD = re.compile(r"[a-z]+")
 
 
+def _f1(precision: float, recall: float) -> float:
+    return 2 * precision * recall / (precision + recall) if precision + recall > 0 else 0.0
+
+
 def caption_recall(captions: list[str], objects: list[set[str]], colours: list[set[str]], *,
                    object_vocab: set[str], colour_vocab: set[str]) -> dict[str, float]:
-    """How many of each scene's true object classes and colours its caption names
-    (recall), and how many of the object/colour words it names are true (precision: a
-    caption listing every class and colour has recall 1 and low precision). Averaged over
-    images; ``recall`` is the mean of the object and colour recalls (the headline)."""
-    obj_r, col_r, obj_p, col_p = [], [], [], []
+    """Object and colour mentions of each caption against its scene's true object classes
+    and colours: recall (how many true ones it names), precision (how many it names are
+    true) and their F1, per image then averaged.
+
+    The headline ``f1`` is the mean of the object and colour F1s. Recall alone rewards a
+    caption that names every class and colour (a constant one wins it); the F1 of
+    precision and recall over the mentioned semantic units is how SPICE scores a caption
+    (Anderson et al., "SPICE: Semantic Propositional Image Caption Evaluation", ECCV 2016:
+    F-score over object and attribute tuples). ``recall`` (mean of the two recalls) is kept."""
+    per: dict[str, list[float]] = {k: [] for k in ("object_recall", "colour_recall", "object_precision",
+                                                    "colour_precision", "object_f1", "colour_f1")}
     for text, objs, cols in zip(captions, objects, colours):
         words = set(_WORD.findall(text.lower()))
-        named_o, named_c = words & object_vocab, words & colour_vocab
-        obj_r.append(len(named_o & objs) / len(objs) if objs else np.nan)
-        col_r.append(len(named_c & cols) / len(cols) if cols else np.nan)
-        obj_p.append(len(named_o & objs) / len(named_o) if named_o else 0.0)
-        col_p.append(len(named_c & cols) / len(named_c) if named_c else 0.0)
-    out = {"object_recall": float(np.nanmean(obj_r)) if obj_r else float("nan"),
-           "colour_recall": float(np.nanmean(col_r)) if col_r else float("nan"),
-           "object_precision": float(np.mean(obj_p)) if obj_p else float("nan"),
-           "colour_precision": float(np.mean(col_p)) if col_p else float("nan")}
-    return {"recall": (out["object_recall"] + out["colour_recall"]) / 2, **out}
+        for part, named, true in (("object", words & object_vocab, objs), ("colour", words & colour_vocab, cols)):
+            if not true:  # nothing visible to name: no recall; naming nothing is then right
+                per[f"{part}_recall"].append(np.nan)
+                per[f"{part}_precision"].append(0.0 if named else np.nan)
+                per[f"{part}_f1"].append(np.nan)
+                continue
+            recall = len(named & true) / len(true)
+            precision = len(named & true) / len(named) if named else 0.0
+            per[f"{part}_recall"].append(recall)
+            per[f"{part}_precision"].append(precision)
+            per[f"{part}_f1"].append(_f1(precision, recall))
+    out = {k: float(np.nanmean(v)) if np.isfinite(v).any() else float("nan") for k, v in per.items()}
+    return {"f1": (out["object_f1"] + out["colour_f1"]) / 2,
+            "recall": (out["object_recall"] + out["colour_recall"]) / 2, **out}
 
 
 # ------------------------------------------------------------------------------ rgb

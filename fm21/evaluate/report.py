@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from fm21.evaluate.metrics import DIRECTION, HEADLINE
+from fm21.evaluate.metrics import DIRECTION, headline_of
 from fm21.tokenize.grid import labels_to_rgb, save_grid
 
 ARROW = {+1: "↑", -1: "↓"}
@@ -30,7 +30,7 @@ def verdict_table(summary: dict, kinds: dict[str, str]) -> list[str]:
              f"| gap closed | ≥ {GAP_TARGET:.0%} of gap |",
              "|---|---|---|---|---|---|---|---|---|"]
     for task, res in summary["tasks"].items():
-        metric, sign = HEADLINE[kinds[task]]
+        metric, sign = headline_of(res, kinds[task])
         for scope in res["scores"]:
             s = res["scores"][scope]
             base = res["strongest_baseline"][scope]
@@ -55,7 +55,8 @@ def detail_table(task: str, res: dict) -> list[str]:
             if metric.startswith("num_"):
                 continue
             vals = " | ".join(f"{s[n][metric]:.4f}" for n in names)
-            lines.append(f"| {metric} {_arrow(metric)} | {SCOPE_NAME[scope]} | {vals} |")
+            tag = " (**random**)" if metric in res.get("random_metrics", ()) else ""
+            lines.append(f"| {metric} {_arrow(metric)}{tag} | {SCOPE_NAME[scope]} | {vals} |")
     return lines
 
 
@@ -77,7 +78,7 @@ def bar_chart(task: str, res: dict, kind: str, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    metric, sign = HEADLINE[kind]
+    metric, sign = headline_of(res, kind)
     scopes = list(res["scores"])
     parts = [("4M", "4m"), ("baseline", None), ("bound", "tokenizer_bound"), ("chance", "chance")]
     fig, ax = plt.subplots(figsize=(1.8 + 1.6 * len(scopes), 2.6), dpi=100)

@@ -28,7 +28,7 @@ import torch
 
 from fm21.config import EvaluateConfig
 from fm21.evaluate.baselines import BASELINES, object_classes
-from fm21.evaluate.metrics import HEADLINE, gap_closed, task_metrics
+from fm21.evaluate.metrics import HEADLINE, gap_closed, headline_of, task_metrics
 from fm21.evaluate.report import write_report
 from fm21.evaluate.sampler import generate, init_empty_target, init_full_input
 from fm21.modalities import MODALITIES, ModalitySpec
@@ -109,7 +109,7 @@ def summarise(kind: str, result: dict) -> dict:
     """Add to a task's ``result`` (``scores``: scope -> predictor -> metrics, ``baselines``)
     the strongest baseline per scope (by the headline metric), the share of the
     baseline-to-bound gap 4M closes, and whether 4M beats that baseline in every scope."""
-    metric, sign = HEADLINE[kind]
+    metric, sign = headline_of(result, kind)
     scores, baselines = result["scores"], result["baselines"]
     result.update(kind=kind, strongest_baseline={}, gap_closed={})
     for scope, s in scores.items():
@@ -189,6 +189,7 @@ def _dense_task(task: str, spec: ModalitySpec, model, rows, cfg, ctx, *, keys, t
 
 def run_evaluate(cfg: EvaluateConfig, ctx) -> dict:
     from fm21.evaluate.retrieval import evaluate_retrieval
+    from fm21.evaluate.rgb_features import load_scorers
     from fm21.evaluate.rgb_task import evaluate_rgb
     from fm21.evaluate.sequence_tasks import evaluate_caption, evaluate_det
     from fm21.tokenize.checkpoint import load_tokenizer
@@ -218,6 +219,7 @@ def run_evaluate(cfg: EvaluateConfig, ctx) -> dict:
     samples: dict[str, dict[str, np.ndarray]] = {}
     examples: dict[str, dict[str, list[str]]] = {}
     retrieval: dict[str, dict] = {}
+    random_scorers: set[str] = set()  # feature specialists scoring X -> RGB with random weights
     for target, spec in tracked(list(planned.items()), "evaluate", unit="task"):
         task, kind = task_name(spec), label_kind(spec)
         if kind in DENSE_KINDS:
@@ -247,10 +249,12 @@ def run_evaluate(cfg: EvaluateConfig, ctx) -> dict:
             conditions = [c for c in cfg.rgb_from if c in specs and c != target]
             if not conditions:
                 skipped[task] = f"none of evaluate.rgb_from {cfg.rgb_from} was trained"
+            scorers = load_scorers(getattr(ctx, "specialists", {}), image_size=res) if conditions else {}
+            random_scorers |= {n for n, s in scorers.items() if s.is_random}
             for cond in conditions:
                 name = f"{task} from {task_name(specs[cond])}"
                 out = evaluate_rgb(model, rows, train_rgb, target=target, condition=cond, tok=tok, truth=truth,
-                                   objects=objects, cfg=cfg)
+                                   objects=objects, cfg=cfg, scorers=scorers)
                 samples[name], kinds[name] = out.pop("grid"), kind
                 results[name] = summarise(kind, out)
         elif kind == "vector":
@@ -275,7 +279,7 @@ def run_evaluate(cfg: EvaluateConfig, ctx) -> dict:
     summary = {"num_samples": len(rows), "checkpoint_step": meta.get("step"), "scheme": cfg.scheme,
                "num_steps": cfg.num_steps, "temperature": cfg.temperature, "tasks": results,
                "skipped": skipped, "retrieval": retrieval, "examples": examples,
-               "random_parts": _random_parts(ctx)}
+               "random_parts": sorted(set(_random_parts(ctx)) | random_scorers)}
     out_dir = ctx.workdir.reports_dir
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "metrics.json").write_text(json.dumps(summary, indent=2, default=float))

@@ -9,6 +9,7 @@ import pytest
 from fm21.config import EVALUABLE_LABEL_KINDS, EvaluateConfig
 from fm21.evaluate.metrics import HEADLINE, caption_recall, detection_map, recall_at_k, rgb_metrics
 from fm21.evaluate.retrieval import chance
+from fm21.evaluate.sequence_tasks import best_word_set
 from fm21.evaluate.stage import plan_tasks, summarise
 from fm21.modalities import resolve_specs
 
@@ -37,6 +38,23 @@ def test_caption_recall_and_precision():
     assert half["object_recall"] == 0.5 and half["colour_recall"] == 0.5 and half["object_precision"] == 0.5
     listing = caption_recall(["cube sphere cone red blue green"], objects, colours, **vocab)
     assert listing["recall"] == 1.0 and listing["colour_precision"] == pytest.approx(2 / 3)
+    # the F1 headline: a caption naming every class and colour no longer scores like the truth
+    assert perfect["f1"] == 1.0 and half["f1"] == pytest.approx(0.5)
+    assert listing["f1"] == pytest.approx(0.8)  # P 2/3, R 1 -> F1 0.8 for objects and colours
+    assert caption_recall(["a scene."], objects, colours, **vocab)["f1"] == 0.0
+
+
+def test_best_word_set_is_the_f1_optimal_frequent_words():
+    vocab = {"object_vocab": {"cube", "sphere", "cone"}, "colour_vocab": {"red", "blue", "green"}}
+    # cube in every scene, sphere in half, cone in one of four; red everywhere, blue/green rare
+    truth = [({"cube", "sphere"}, {"red"}), ({"cube"}, {"red", "blue"}), ({"cube", "sphere"}, {"red"}),
+             ({"cube", "cone"}, {"red", "green"})]
+    words = best_word_set(truth, **vocab).split()
+    assert words == ["cube", "sphere", "red"]  # adding cone or blue/green lowers the training F1
+    f1 = caption_recall([" ".join(words)] * 4, [t[0] for t in truth], [t[1] for t in truth], **vocab)["f1"]
+    everything = caption_recall(["cube sphere cone red blue green"] * 4, [t[0] for t in truth],
+                                [t[1] for t in truth], **vocab)
+    assert f1 > everything["f1"] and everything["recall"] == 1.0
 
 
 def test_rgb_psnr_and_recall_at_k():
