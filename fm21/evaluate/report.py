@@ -3,11 +3,14 @@ image-blind baseline vs the tokenizer bound vs chance) and a labelled PNG sample
 
 from __future__ import annotations
 
+import io
+
 from pathlib import Path
 
 import numpy as np
 
 from fm21.evaluate.metrics import DIRECTION, headline_of
+from fm21.store import fs
 from fm21.tokenize.grid import labels_to_rgb, save_grid
 
 ARROW = {+1: "↑", -1: "↓"}
@@ -94,8 +97,10 @@ def bar_chart(task: str, res: dict, kind: str, path: Path) -> None:
     ax.legend(fontsize=7, ncol=2)
     ax.tick_params(labelsize=8)
     fig.tight_layout()
-    fig.savefig(path)
+    buf = io.BytesIO()  # bytes, then one atomic write: ``path`` may be an object-store UriPath
+    fig.savefig(buf, format="png")
     plt.close(fig)
+    fs.write_atomic(path, buf.getvalue())
 
 
 def bar_file(task: str) -> str:

@@ -22,7 +22,7 @@ from typing import Any, Callable
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
 from fm21.generate.run import GenerateError, TrainedRun
 from fm21.modalities import ModalitySpec
@@ -81,7 +81,7 @@ def _open_image(path: Path) -> Image.Image:
         img = Image.open(path)
         img.load()
         return img
-    except (UnidentifiedImageError, OSError) as err:
+    except Exception as err:  # noqa: BLE001 - PIL's plugins raise many types on corrupt bytes
         raise GenerateError(f"cannot decode image {path}: {err}") from None
 
 
