@@ -425,6 +425,33 @@ def import_tokenizer_cmd(
                f"{report['fingerprint']} -> {out}{random}")
 
 
+# ---------------------------------------------------------------- fm21 import run (a workdir of released parts)
+@import_app.command("run", epilog="Example: fm21 import run --model work/4m21-b --tokenizer tok_rgb=work/tok/rgb "
+                    "--tokenizer tok_depth=work/tok/depth --text-tokenizer text_tokenizer_4m_wordpiece_30k.json "
+                    "--workdir work/released   (then: fm21 --set workdir=work/released generate ...)")
+@one_line_errors
+def import_run_cmd(
+    model: Annotated[str, typer.Option("--model", help="the folder `fm21 import 4m21` wrote")],
+    text_tokenizer: Annotated[str, typer.Option(
+        "--text-tokenizer", help="the released text_tokenizer_4m_wordpiece_30k.json (or its folder)")],
+    workdir: Annotated[str, typer.Option("--workdir", help="the run folder to lay out (fm21 generate's workdir)")],
+    tokenizer: Annotated[Optional[list[str]], typer.Option(
+        "--tokenizer", help="MODALITY=DIR of `fm21 import tokenizer` (repeat); a bare DIR names its modality")] = None,
+    force: Annotated[bool, typer.Option("--force", help="replace the links of an earlier `import run`")] = False,
+) -> None:
+    """Link an imported 4M checkpoint, imported tokenizers and the released text tokenizer
+    into a workdir that `fm21 generate` reads (nothing is copied; the parts are checked
+    against each other first)."""
+    from fm21.train.released_run import assemble_run, parse_tokenizer_options
+
+    record = assemble_run(workdir, model=model, tokenizers=parse_tokenizer_options(list(tokenizer or [])),
+                          text_tokenizer=text_tokenizer, force=force)
+    missing = f"; no tokenizer for {', '.join(record['without_tokenizer'])}" if record["without_tokenizer"] else ""
+    weights = record["weights"] + (" [random]" if record["random"] else "")
+    typer.echo(f"{workdir}: 4M {weights} ({record['num_parameters']} parameters), tokenizers "
+               f"{', '.join(record['tokenizers']) or 'none'}{missing}; fm21 --set workdir={workdir} generate ...")
+
+
 # ------------------------------------------------------------------------------ generate
 @app.command(epilog="Examples:\n\n\b\n"
              "  fm21 generate --cond rgb=img.png --target tok_depth --target caption --out gen\n"

@@ -95,6 +95,7 @@ def generate_sample(run: TrainedRun, conditions: list[Condition], targets: list[
         "settings": asdict(settings),
         "checkpoint": run.checkpoint,
         "checkpoint_step": run.step,
+        "weights": run.weights,  # random | released | trained (the 4M model's)
         "random": bool(random_parts),  # made with random weights: plumbing, not quality
         "random_parts": random_parts,
         "outputs": {n: {"files": o.files, **({"text": o.text} if o.text is not None else {})}

@@ -73,12 +73,26 @@ class TrainedRun:
         Outputs made with any of them are plumbing, not quality."""
         from fm21.tokenize.checkpoint import read_tokenizer_config
 
-        parts = ["4m"] if self.extra.get("random_init") or self.step == 0 else []
+        parts = ["4m"] if self.extra.get("random_init") or self.weights == "random" else []
         for name in names:
             folder = self.workdir.tokenizers_dir / name
-            if (folder / "config.json").exists() and read_tokenizer_config(folder).get("random_init"):
-                parts.append(f"tokenizer:{name}")
+            if not (folder / "config.json").exists():
+                continue
+            config = read_tokenizer_config(folder)
+            # an imported tokenizer may be partly random (a released DiVAE's diffusion decoder)
+            partly = (config.get("training") or {}).get("random_parts") or []
+            if config.get("random_init") or partly:
+                parts.append(f"tokenizer:{name}" + (f" ({', '.join(partly)})" if partly else ""))
         return parts
+
+    @property
+    def weights(self) -> str:
+        """Where the 4M weights come from: ``released`` (``fm21 import 4m21``; a release
+        made from random weights is also tagged ``random_init``), ``random`` (tagged, or a
+        step-0 checkpoint that is no import) or ``trained``."""
+        if self.extra.get("weights") == "released":
+            return "released"
+        return "random" if self.extra.get("random_init") or self.step == 0 else "trained"
 
 
 def open_run(workdir: str | Location) -> TrainedRun:

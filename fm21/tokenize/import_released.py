@@ -273,6 +273,8 @@ def import_state(config: dict[str, Any], state: dict[str, torch.Tensor], modalit
     report = apply_mapping(target, state, mapping, fixed=fixed, skip_prefixes=skip)
     tok.load_state_dict(target, strict=True)
     report |= {"family": kind, "modality": modality, "random": ["decoder"] if skip else []}
+    if config.get("random_init"):  # a release-format folder made from random weights (fm21's tests, benchmarks)
+        report["random"] = ["all"]
     tok.training_summary = {"imported_from": config.get("_source", "released"), "random_parts": report["random"]}
     return tok.eval(), report
 

@@ -225,6 +225,8 @@ def import_4m21(source: str | Path, out: str | Path, *, size: str | None = None)
     converted, dropped = convert_state(state, model)
     model.load_state_dict(converted, strict=True)
     extra = {"imported_from": str(source), "release_config": ref, "dropped": dropped, "weights": "released"}
+    if ref.get("random_init"):  # a release-format folder made from random weights (fm21's tests, benchmarks)
+        extra["random_init"] = True
     save_checkpoint(out, model=model, step=0, extra=extra)
     return {"out": str(out), "num_parameters": model.num_parameters(), "modalities": list(specs),
             "tensors": len(converted), "dropped": len(dropped)}
