@@ -114,13 +114,20 @@ def normalize_image(
     )
 
 
+# The formats ingest decodes, named so the answer for a given input never depends on which
+# Pillow plugins some other library registered in this process (a Ray worker and the
+# driver must reject the same bytes for the same reason). Formats without a magic number
+# (TGA, ...) are left out: they "identify" random bytes and fail later as corrupt.
+INGEST_FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF", "PPM", "JPEG2000", "AVIF", "QOI", "ICO", "PSD")
+
+
 def _open(data: bytes, *, max_pixels: int) -> Image.Image:
     """Read the header only (Pillow opens lazily); map every failure to a reason."""
     try:
         with warnings.catch_warnings():
             # our own max_pixels is the policy; Pillow's warning threshold is not
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            im = Image.open(io.BytesIO(data))
+            im = Image.open(io.BytesIO(data), formats=INGEST_FORMATS)
             if getattr(im, "n_frames", 1) > 1:
                 im.seek(0)
             return im

@@ -90,6 +90,28 @@ def test_folder_every_file_is_accepted_or_rejected_with_its_reason(mixed_folder,
     assert by_path["good.jpg"]["meta"]["original_size"] == [80, 60]
 
 
+def test_a_plugin_registered_by_another_library_does_not_change_the_reason(monkeypatch):
+    """A Pillow plugin that claims any bytes (as some libraries register, or TGA, which has
+    no magic number) must not turn "not an image" into "corrupt" in one process only."""
+    from PIL import ImageFile
+
+    class Greedy(ImageFile.ImageFile):  # "identifies" any bytes as a 64x64 raw RGB image
+        format = "GREEDY"
+
+        def _open(self) -> None:
+            self._size, self._mode = (64, 64), "RGB"
+            self.tile = [ImageFile._Tile("raw", (0, 0, 64, 64), 0, ("RGB", 0, 1))]
+
+    def accept_anything(prefix: bytes) -> bool:
+        return True
+
+    Image.init()
+    monkeypatch.setitem(Image.OPEN, "GREEDY", (Greedy, accept_anything))
+    monkeypatch.setattr(Image, "ID", ["GREEDY", *Image.ID])
+    with pytest.raises(RejectedInput, match="^not an image"):
+        normalize_image(b"just some text, not pixels\n", image_size=32, min_side=8, max_pixels=10**6)
+
+
 def test_folder_odd_modes_are_converted_faithfully(mixed_folder, tmp_path):
     root, _ = mixed_folder
     workdir = Workdir(tmp_path / "run")
