@@ -58,7 +58,7 @@ def test_the_recipe_enables_all_19_at_the_tiny_sizes():
     all19 = _leaves(yaml.safe_load((ROOT / "configs" / "all19.yaml").read_text()))
     # every size shared with tiny.yaml is tiny's; the families differ on purpose (all19 runs
     # the registry's DiVAE where tiny.yaml keeps the faster conv VQ-VAE)
-    shared = [k for k in tiny if k in all19 and k not in ("workdir", "modalities.enabled", "evaluate.tasks")
+    shared = [k for k in tiny if k in all19 and k not in ("workdir", "modalities.enabled", "evaluate.tasks", "tokens.num_crops")
               and not k.endswith(".family")]
     assert len(shared) > 30 and {k: all19[k] for k in shared} == {k: tiny[k] for k in shared}
     assert sorted(_config(Path("/tmp/unused")).modalities.enabled) == sorted(MODALITIES)
@@ -166,13 +166,15 @@ def _full(size: int):
 
 def test_evaluation_covers_every_trained_task_kind(build):
     """evaluate.tasks: null scores every evaluable target 4M trained on: the dense maps,
-    det, caption, X->RGB and retrieval, each with its baseline, bound and chance."""
+    det, caption, X->RGB and retrieval, each with its baseline, bound and chance (a few
+    training steps on all 19: plumbing, the numbers mean nothing)."""
     cfg, wd, manifests, _, _ = build
+    manifests = {**manifests, **{stage: run_stage(cfg, stage) for stage in ("train", "evaluate")}}
     metrics = json.loads((wd.reports_dir / "metrics.json").read_text())
     report = (wd.reports_dir / "report.md").read_text()
     for row in ("| depth |", "| normal |", "| semseg |", "| det |", "| caption |", "| rgb from depth |",
                 "| dinov2_global |", "| imagebind_global |"):
         assert row in report, row
     assert "## Retrieval" in report and "true embedding" in report
-    assert manifests["evaluate"]["counts"]["num_samples"] == cfg.evaluate.num_samples
+    assert 0 < manifests["evaluate"]["counts"]["num_samples"] <= cfg.evaluate.num_samples  # the held-out rows
     assert metrics  # the JSON behind the report
