@@ -41,12 +41,14 @@ def store_bytes(uri: Path) -> dict:
         spec = specs[name]
         if spec.kind == "pixels":  # one R x R x 3 uint8 image per present row
             raw = round(e["coverage"] * rows) * spec.resolution ** 2 * 3
+        elif spec.kind == "embedding":  # frozen float16 vectors (T5), stored as they are
+            raw = e["bytes"]
         else:
             raw = e.get("tokens", 0) * ITEMSIZE[spec.kind]
         out[name] = {"kind": spec.kind, "lance": e["bytes"] / rows, "raw": raw / rows}
     total_lance = sum(m["lance"] for m in out.values())
     total_raw = sum(m["raw"] for m in out.values())
-    tokens_only = [m for m in out.values() if m["kind"] != "pixels"]
+    tokens_only = [m for m in out.values() if m["kind"] not in ("pixels", "embedding")]  # ids only
     return {"rows": rows, "samples": stats["samples"], "bytes_source": stats["bytes_source"],
             "store_bytes_per_row": stats["bytes"] / rows, "modalities": out,
             "total": {"lance": total_lance, "raw": total_raw},

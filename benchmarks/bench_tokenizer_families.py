@@ -47,6 +47,7 @@ import torch
 from fm21.config import VQTokenizerConfig, load_config
 from fm21.modalities import ModalitySpec, resolve_specs
 from fm21.tokenize import divae, memcodes, sam_mask, train_vq
+from fm21.tokenize.synthetic_labels import SYNTHETIC
 from fm21.tokenize.families import family_config, family_module, family_options, recipe_options
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench_token_store (benchmarks/ is not a package)
@@ -74,25 +75,6 @@ CASES = (
     Case("memcodes body pose", "human_poses", "memcodes", MEMCODES_SMALL, "bench_memcodes size"),
     Case("sam_mask", "sam_instance", "sam_mask", {}, "family defaults"),
 )
-
-
-def _unit(v: np.ndarray) -> np.ndarray:
-    return v / np.linalg.norm(v, axis=-1, keepdims=True)
-
-
-# label kind -> (num, ...) labels as labels.lance holds them (side = spec.label_size,
-# C = spec.num_channels), as tests/test_registry_completeness.py synthesises them
-SYNTHETIC: dict[str, Callable[[ModalitySpec, int, np.random.Generator], np.ndarray]] = {
-    "rgb": lambda s, n, r: r.integers(0, 256, (n, s.label_size, s.label_size, s.num_channels), dtype=np.uint8),
-    "depth": lambda s, n, r: r.uniform(1, 10, (n, s.label_size, s.label_size)).astype(np.float16),
-    "normal": lambda s, n, r: _unit(r.standard_normal((n, s.label_size, s.label_size, 3))).astype(np.float16),
-    "classes": lambda s, n, r: r.integers(0, s.num_channels, (n, s.label_size, s.label_size)).astype(np.uint8),
-    "edges": lambda s, n, r: ((r.random((n, s.label_size, s.label_size)) < 0.1) * 255).astype(np.uint8),
-    "feature": lambda s, n, r: r.standard_normal((n, s.label_size, s.label_size, s.num_channels)).astype(np.float16),
-    "vector": lambda s, n, r: r.standard_normal((n, s.num_channels)).astype(np.float16),
-    "poses": lambda s, n, r: r.standard_normal((n, memcodes.POSE_DIM)).astype(np.float32),  # SMPL body pose
-    "instances": lambda s, n, r: (r.random((n, sam_mask.MASK_SIZE, sam_mask.MASK_SIZE)) < 0.5).astype(np.uint8),
-}
 
 
 def case_options(case: Case, demo: dict[str, dict[str, Any]]) -> tuple[dict[str, Any], str]:

@@ -23,7 +23,7 @@ import pytest
 import torch
 
 from fm21.config import ModelConfig, SpecialistConfig, load_config
-from fm21.modalities import MODALITIES, ModalitySpec, resolve_specs
+from fm21.modalities import MODALITIES, resolve_specs
 from fm21.pseudolabel.specialists import SPECIALISTS
 from fm21.tokenize.checkpoint import config_class, load_tokenizer, save_tokenizer
 from fm21.tokenize.crops import MAP_KINDS
@@ -37,6 +37,7 @@ from fm21.tokenize.families import (
 )
 from fm21.tokenize.grid import COLORIZERS
 from fm21.tokenize.sequences import SERIALIZERS
+from fm21.tokenize.synthetic_labels import SYNTHETIC, synthetic_labels
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = resolve_specs(list(MODALITIES), resolution=32, patch_size=8, image_vocab_size=32, text_vocab_size=4500,
@@ -45,30 +46,6 @@ NAMES = sorted(MODALITIES)
 MAP_SPEC_KINDS = ("pixels", "image_tokens", "feature_tokens")  # spec kinds whose labels are (S, S[, C]) maps
 TOKENIZED_KINDS = ("image_tokens", "feature_tokens", "global_tokens")  # trained by a tokenizer family
 RECIPES = [None, *sorted(p.stem for p in (ROOT / "configs").glob("*.yaml"))]
-
-
-def _unit(v: np.ndarray) -> np.ndarray:
-    return v / np.linalg.norm(v, axis=-1, keepdims=True)
-
-
-# label kind -> labels (num, ...) of spec as labels.lance gives them: side = spec.label_size
-# (the crop for dense maps, the token grid for feature maps), C = spec.num_channels.
-SYNTHETIC = {
-    "rgb": lambda s, n, r: r.integers(0, 256, (n, s.label_size, s.label_size, s.num_channels), dtype=np.uint8),
-    "depth": lambda s, n, r: r.uniform(1, 10, (n, s.label_size, s.label_size)).astype(np.float16),
-    "normal": lambda s, n, r: _unit(r.standard_normal((n, s.label_size, s.label_size, 3))).astype(np.float16),
-    "classes": lambda s, n, r: r.integers(0, s.num_channels, (n, s.label_size, s.label_size)).astype(np.uint8),
-    "edges": lambda s, n, r: ((r.random((n, s.label_size, s.label_size)) < 0.1) * 255).astype(np.uint8),
-    "feature": lambda s, n, r: r.standard_normal((n, s.label_size, s.label_size, s.num_channels)).astype(np.float16),
-    "vector": lambda s, n, r: r.standard_normal((n, s.num_channels)).astype(np.float16),
-    # the labels of the tokenizers embedded in sequences: SMPL body poses, box-cropped masks
-    "poses": lambda s, n, r: r.standard_normal((n, 207)).astype(np.float32),
-    "instances": lambda s, n, r: (r.random((n, 64, 64)) < 0.5).astype(np.uint8),
-}
-
-
-def synthetic_labels(spec: ModalitySpec, num: int = 2, *, seed: int = 0) -> np.ndarray:
-    return SYNTHETIC[spec.label_kind](spec, num, np.random.default_rng(seed))
 
 
 PENDING_FAMILIES = ("divae",)  # family modules being written elsewhere
