@@ -121,13 +121,24 @@ def normalize_image(
 INGEST_FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF", "PPM", "JPEG2000", "AVIF", "QOI", "ICO", "PSD")
 
 
+def _pillow_open():
+    """Pillow's own ``Image.open``. ultralytics replaces it process-wide
+    (``ultralytics/utils/patches.py``) with a wrapper that, on a file Pillow cannot identify,
+    tries to pip-install pi-heif (offline: ModuleNotFoundError), so a process that imported
+    ultralytics would reject a non-image as "corrupt" and try an install during ingest."""
+    opener = Image.open
+    if getattr(opener, "__module__", "") != Image.__name__:
+        opener = opener.__globals__.get("_image_open", opener)  # the original the patch wraps
+    return opener
+
+
 def _open(data: bytes, *, max_pixels: int) -> Image.Image:
     """Read the header only (Pillow opens lazily); map every failure to a reason."""
     try:
         with warnings.catch_warnings():
             # our own max_pixels is the policy; Pillow's warning threshold is not
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            im = Image.open(io.BytesIO(data), formats=INGEST_FORMATS)
+            im = _pillow_open()(io.BytesIO(data), formats=INGEST_FORMATS)
             if getattr(im, "n_frames", 1) > 1:
                 im.seek(0)
             return im

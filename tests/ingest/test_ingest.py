@@ -112,6 +112,21 @@ def test_a_plugin_registered_by_another_library_does_not_change_the_reason(monke
         normalize_image(b"just some text, not pixels\n", image_size=32, min_side=8, max_pixels=10**6)
 
 
+def test_an_image_open_patched_by_another_library_is_bypassed(monkeypatch):
+    """ultralytics replaces PIL.Image.open process-wide with a wrapper that, on a file Pillow
+    cannot identify, tries to install pi-heif (offline: ModuleNotFoundError). Ingest must give
+    the same reason in such a process as anywhere else (and never trigger an install)."""
+    namespace = {"_image_open": Image.open, "Image": Image}  # the wrapper's module globals
+    exec("def image_open(fp, *args, **kwargs):\n"
+         "    try:\n"
+         "        return _image_open(fp, *args, **kwargs)\n"
+         "    except Image.UnidentifiedImageError:\n"
+         "        raise ModuleNotFoundError(\"No module named 'pi_heif'\")\n", namespace)
+    monkeypatch.setattr(Image, "open", namespace["image_open"])
+    with pytest.raises(RejectedInput, match="^not an image"):
+        normalize_image(b"just some text, not pixels\n", image_size=32, min_side=8, max_pixels=10**6)
+
+
 def test_folder_odd_modes_are_converted_faithfully(mixed_folder, tmp_path):
     root, _ = mixed_folder
     workdir = Workdir(tmp_path / "run")
