@@ -12,7 +12,8 @@ network; every output is tagged ``random``):
 2. ``fm21 import 4m21 --size B`` (a subprocess, timed);
 3. released-format DiVAE tokenizers for tok_rgb and tok_depth (the helpers of
    tests/tokenize/test_import_released.py: a 16-wide ViT encoder, ``enc_type: vit_s_enc``)
-   through ``fm21 import tokenizer`` (their diffusion decoders stay random, as for a real import);
+   through ``fm21 import tokenizer``, as encoder-only copies (their diffusion decoders stay fm21's
+   random ones; a full release imports its decoder, docs/tokenizers.md);
 4. a text tokenizer JSON laid out as the released one (the special ids of
    tests/tokenize/test_reference_conventions.py, then word pieces up to 30,000 ids);
 5. ``fm21 import run`` (links them into a workdir);
@@ -74,15 +75,12 @@ def write_model_release(folder: Path) -> int:
 
 
 def write_tokenizer_release(folder: Path, modality: str, channels: int) -> None:
-    """A released-format DiVAE folder: ViT encoder, codebook, a stub of the reference's UNet."""
-    import torch
-
+    """A released-format DiVAE folder: ViT encoder and codebook, no UNet decoder (fm21's random one)."""
     from fm21.modalities import MODALITIES
-    from tests.tokenize.test_import_released import LATENT, _released, _vqvae_state
+    from tests.tokenize.test_import_released import _released, _vqvae_state
 
     sd = {k: v for k, v in _vqvae_state(channels, channels, 16, MODALITIES[modality].vocab_size).items()
           if not k.startswith(("decoder.", "post_quant_proj."))}
-    sd["decoder.input_blocks.0.0.weight"] = torch.randn(8, channels * 16 + LATENT, 3, 3)
     config = {"enc_type": "vit_s_enc", "dec_type": "unet_patched", "post_mlp": True, "patch_size": 16,
               "beta_schedule": "linear", "random_init": True}
     folder.mkdir(parents=True, exist_ok=True)

@@ -416,7 +416,7 @@ def import_tokenizer_cmd(
     modality: Annotated[Optional[str], typer.Option("--modality", help="fm21 modality (default: the release's)")] = None,
     resolution: Annotated[Optional[int], typer.Option("--resolution", help="fm21 spec resolution (default 224)")] = None,
 ) -> None:
-    """A released 4M tokenizer -> an fm21 tokenizer folder (a DiVAE's diffusion decoder stays random)."""
+    """A released 4M tokenizer -> an fm21 tokenizer folder (DiVAEs with their diffusion decoder)."""
     from fm21.tokenize.import_released import import_tokenizer
 
     report = import_tokenizer(out, name=name, path=path, modality=modality, resolution=resolution)

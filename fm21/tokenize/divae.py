@@ -23,6 +23,19 @@ Model space is the preprocessor's ``to_model`` space; for edges (whose ``from_mo
 logits) the x0 prediction in [-1, 1] maps to the logit of ``(x0 + 1) / 2`` before
 ``from_model``, so "edge" means x0 > 0.
 
+Released layout (opt-in, set by ``fm21 import tokenizer`` for the released DiVAEs; every
+option below is left out of the config dump at its default, so fm21's own DiVAEs keep their
+fingerprints): ``unet_layout="adm"`` builds the UNet with the block layout of the reference's
+ADM UNet (``fm21.tokenize.adm_unet``: attention in the down/up blocks of
+``unet_attention_levels`` and in the middle, ``unet_num_heads``, GroupNorm(32),
+``unet_scale_shift``); ``decoder_channels`` lets the decoder diffuse more channels than the
+label has (the released edge DiVAE diffuses 3 equal channels: a 1-channel edge map is
+repeated as the target and the decoded channels are averaged); ``prediction_type``
+(sample | epsilon | v_prediction), ``beta_schedule``, ``zero_terminal_snr`` (betas rescaled
+to zero terminal SNR, `fourm/vq/scheduling/scheduling_utils.py`) and ``thresholding``
+(Imagen dynamic thresholding of x0, at decode) go to the diffusers schedulers as the
+reference's DiVAE passes them to its own.
+
 Option names: ``ema_decay`` here is the *model* EMA of the decoder (the reference uses
 0.9999 for DiVAEs; with a warmup ``min(decay, (1 + step) / (10 + step))`` so short runs
 work); the quantizer's codebook EMA is ``codebook_ema_decay``.
@@ -42,6 +55,7 @@ import torch.nn.functional as F
 
 from fm21.modalities import ModalitySpec
 from fm21.schedules import warmup_cosine
+from fm21.tokenize.adm_unet import build_unet
 from fm21.tokenize.image_tokenizer import OPTIONAL_FIELDS, ImageTokenizer, SquareTokenGrid, omit_default_fields
 from fm21.tokenize.preprocess import PREPROCESSORS, DepthPreprocessor, EdgePreprocessor, Preprocessor
 from fm21.tokenize.quantizer import LucidQuantizer, codebook_stats
@@ -53,6 +67,8 @@ FAMILY = "divae"
 # Training options (not part of the model config): defaults for the tiny/demo recipes.
 TRAIN_DEFAULTS: dict[str, Any] = {"steps": 300, "lr": 1e-3, "batch_size": 32, "ema_decay": 0.999}
 MAX_ATTENTION_SIDE = 16  # the UNet mid block attends only when its grid is at most this side
+LAYOUTS = ("fm21", "adm")
+PREDICTION_TYPES = ("sample", "epsilon", "v_prediction")
 
 
 @dataclass(frozen=True)
@@ -81,6 +97,16 @@ class DiVAEConfig(SquareTokenGrid):
     codebook_ema_decay: float = 0.99
     commitment_weight: float = 1.0
     dead_code_coef: float = 32.0
+    # the released layout (module docstring); left out of the dump at these defaults
+    unet_layout: str = "fm21"  # "fm21" | "adm"
+    unet_attention_levels: tuple[int, ...] = ()  # adm: levels whose down/up blocks attend
+    unet_num_heads: int = 1  # adm: attention heads (unet_patched: 1)
+    unet_scale_shift: bool = False  # adm: use_scale_shift_norm
+    decoder_channels: int = 0  # channels the decoder diffuses (0: the label's)
+    prediction_type: str = "sample"
+    beta_schedule: str = "linear"
+    zero_terminal_snr: bool = False
+    thresholding: bool = False
 
     @classmethod
     def from_spec(cls, spec: ModalitySpec, options: dict[str, Any]) -> DiVAEConfig:
@@ -92,8 +118,9 @@ class DiVAEConfig(SquareTokenGrid):
         if spec.kind != "image_tokens" or prep is None or prep.categorical or prep.channels == 0:
             raise ValueError(f"{spec.name}: DiVAE needs an image_tokens spec of a continuous label kind, "
                              f"got kind {spec.kind!r}, label columns {spec.label_columns}")
-        if "unet_channels" in model_opts:
-            model_opts["unet_channels"] = tuple(int(c) for c in model_opts["unet_channels"])
+        for key in ("unet_channels", "unet_attention_levels"):
+            if key in model_opts:
+                model_opts[key] = tuple(int(c) for c in model_opts[key])
         cfg = cls(family=FAMILY, modality=spec.name, preprocess=preprocess, resolution=int(spec.resolution),
                   patch_size=int(spec.patch_size), vocab_size=int(spec.vocab_size),
                   num_channels=int(spec.num_channels), **model_opts)
@@ -108,17 +135,32 @@ class DiVAEConfig(SquareTokenGrid):
         if side % 2 ** (len(self.unet_channels) - 1):
             raise ValueError(f"unet_channels {self.unet_channels}: {len(self.unet_channels) - 1} halvings "
                              f"do not divide the UNet input side {side}")
+        if self.unet_layout not in LAYOUTS or self.prediction_type not in PREDICTION_TYPES:
+            raise ValueError(f"unet_layout {self.unet_layout!r} (have {LAYOUTS}), prediction_type "
+                             f"{self.prediction_type!r} (have {PREDICTION_TYPES})")
+        if self.unet_layout == "fm21" and (self.unet_attention_levels or self.unet_scale_shift):
+            raise ValueError("unet_attention_levels / unet_scale_shift need unet_layout: adm")
+        label_channels = PREPROCESSORS[self.preprocess].channels
+        if self.decoder_channels not in (0, label_channels) and label_channels != 1:
+            raise ValueError(f"decoder_channels {self.decoder_channels}: only a 1-channel label repeats")
 
     def to_dict(self) -> dict[str, Any]:
-        return omit_default_fields(self, OPTIONAL_FIELDS)  # older checkpoints keep their fingerprint
+        return omit_default_fields(self, DIVAE_OPTIONAL_FIELDS)  # older checkpoints keep their fingerprint
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> DiVAEConfig:
         names = {f.name for f in dataclasses.fields(cls)}
         kept = {k: v for k, v in data.items() if k in names}
-        if "unet_channels" in kept:  # a JSON list
-            kept["unet_channels"] = tuple(kept["unet_channels"])
+        for key in ("unet_channels", "unet_attention_levels"):  # JSON lists
+            if key in kept:
+                kept[key] = tuple(kept[key])
         return cls(**kept)
+
+
+# fields written to config.json only away from their default (fingerprints of older checkpoints)
+DIVAE_OPTIONAL_FIELDS = (*OPTIONAL_FIELDS, "unet_layout", "unet_attention_levels", "unet_num_heads",
+                         "unet_scale_shift", "decoder_channels", "prediction_type", "beta_schedule",
+                         "zero_terminal_snr", "thresholding")
 
 
 _MODEL_KEYS = {f.name for f in dataclasses.fields(DiVAEConfig)} - {
@@ -179,18 +221,25 @@ class DiVAE(ImageTokenizer):
                                         commitment_weight=cfg.commitment_weight, dead_code_coef=cfg.dead_code_coef)
         levels = len(cfg.unet_channels)
         coarsest = cfg.resolution // p // 2 ** (levels - 1)  # UNet side at its mid block
-        self.decoder = UNet2DModel(
-            sample_size=cfg.resolution // p, in_channels=c * p * p + cfg.latent_dim, out_channels=c * p * p,
-            block_out_channels=cfg.unet_channels, layers_per_block=cfg.layers_per_block,
-            down_block_types=("DownBlock2D",) * levels, up_block_types=("UpBlock2D",) * levels,
-            norm_num_groups=_groups(min(cfg.unet_channels)), attention_head_dim=min(8, cfg.unet_channels[-1]),
-            # self-attention only in the mid block and only on a small grid: at 32x32 its
-            # (B, heads, 1024, 1024) scores cost more than the rest of the UNet on CPU
-            add_attention=coarsest <= MAX_ATTENTION_SIDE,
-        )
+        dc = self.decoder_channels = cfg.decoder_channels or c  # channels the decoder diffuses
+        if cfg.unet_layout == "adm":  # the released decoders' layout (fm21.tokenize.adm_unet)
+            self.decoder = build_unet(
+                sample_size=cfg.resolution // p, in_channels=dc * p * p + cfg.latent_dim, out_channels=dc * p * p,
+                channels=cfg.unet_channels, layers_per_block=cfg.layers_per_block,
+                attention_levels=cfg.unet_attention_levels, num_heads=cfg.unet_num_heads,
+                scale_shift=cfg.unet_scale_shift)
+        else:
+            self.decoder = UNet2DModel(
+                sample_size=cfg.resolution // p, in_channels=dc * p * p + cfg.latent_dim, out_channels=dc * p * p,
+                block_out_channels=cfg.unet_channels, layers_per_block=cfg.layers_per_block,
+                down_block_types=("DownBlock2D",) * levels, up_block_types=("UpBlock2D",) * levels,
+                norm_num_groups=_groups(min(cfg.unet_channels)), attention_head_dim=min(8, cfg.unet_channels[-1]),
+                # self-attention only in the mid block and only on a small grid: at 32x32 its
+                # (B, heads, 1024, 1024) scores cost more than the rest of the UNet on CPU
+                add_attention=coarsest <= MAX_ATTENTION_SIDE,
+            )
         # The training noise schedule (not a module: no weights, not in the state dict).
-        self.noise_schedule = DDPMScheduler(num_train_timesteps=cfg.num_train_timesteps, beta_schedule="linear",
-                                            prediction_type="sample", clip_sample=False)
+        self.noise_schedule = DDPMScheduler(**self._schedule_kwargs())
         self.loss_fn = diffusion_loss_fn(self.preprocessor)
 
     # ------------------------------------------------------------------ encoder half
@@ -202,8 +251,33 @@ class DiVAE(ImageTokenizer):
         return self.quantizer(self.latents(x))[1]  # (B, g, g)
 
     # ------------------------------------------------------------------ diffusion decoder
+    def _schedule_kwargs(self) -> dict[str, Any]:
+        """The diffusers scheduler options of this config (the reference DiVAE's, `fourm/vq/vqvae.py`)."""
+        cfg = self.config
+        kwargs: dict[str, Any] = dict(num_train_timesteps=cfg.num_train_timesteps, beta_schedule=cfg.beta_schedule,
+                                      prediction_type=cfg.prediction_type, clip_sample=False)
+        if cfg.zero_terminal_snr:  # same rescale as `fourm/vq/scheduling/scheduling_utils.py`
+            kwargs["rescale_betas_zero_snr"] = True
+        if cfg.thresholding:  # ratio 0.995, max 1.0: the reference's defaults, i.e. x0 clipped to [-1, 1]
+            kwargs["thresholding"] = True
+        return kwargs
+
+    def diffusion_target(self, x: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """What the decoder predicts for clean ``x`` (label channels) noised with ``noise`` at ``t``."""
+        x = self.to_decoder_channels(x)
+        if self.config.prediction_type == "epsilon":
+            return noise
+        if self.config.prediction_type == "v_prediction":
+            return self.noise_schedule.get_velocity(x, noise, t)
+        return x
+
+    def to_decoder_channels(self, x: torch.Tensor) -> torch.Tensor:
+        """``(B, C, R, R)`` -> ``(B, decoder_channels, R, R)``: a 1-channel label repeated."""
+        return x if x.shape[1] == self.decoder_channels else x.expand(-1, self.decoder_channels, -1, -1)
+
     def denoise(self, noisy: torch.Tensor, t: torch.Tensor, quant: torch.Tensor) -> torch.Tensor:
-        """Noisy ``(B, C, R, R)``, timesteps ``(B,)``, codes ``(B, D, g, g)`` -> x0 ``(B, C, R, R)``."""
+        """Noisy ``(B, Cd, R, R)``, timesteps ``(B,)``, codes ``(B, D, g, g)`` -> the model output
+        ``(B, Cd, R, R)``: x0 (``prediction_type`` sample), the noise or v."""
         p = self.config.decoder_patch
         cond = F.interpolate(quant, scale_factor=self.config.patch_size // p, mode="nearest")  # (B, D, R/p, R/p)
         inp = torch.cat([F.pixel_unshuffle(noisy, p), cond], dim=1)  # (B, C*p*p + D, R/p, R/p)
@@ -211,27 +285,30 @@ class DiVAE(ImageTokenizer):
 
     def forward(self, x: torch.Tensor, noise: torch.Tensor, t: torch.Tensor
                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """One training forward -> (x0 prediction, ids (B, g, g), commitment loss)."""
+        """One training forward -> (prediction, ids (B, g, g), commitment loss); ``noise`` has
+        ``decoder_channels``; the prediction is compared with ``diffusion_target``."""
         quant, ids, commit = self.quantizer(self.latents(x))
-        noisy = self.noise_schedule.add_noise(x, noise, t)
+        noisy = self.noise_schedule.add_noise(self.to_decoder_channels(x), noise, t)
         return self.denoise(noisy, t, quant), ids, commit
 
     def sample_x0(self, ids: torch.Tensor, *, steps: int | None = None, seed: int | None = None) -> torch.Tensor:
-        """DDIM from seeded noise: ids ``(B, g, g)`` -> x0 in model space ``(B, C, R, R)``."""
+        """DDIM from seeded noise: ids ``(B, g, g)`` -> x0 in model space ``(B, C, R, R)``
+        (a decoder of more channels than the label: their mean)."""
         from diffusers import DDIMScheduler
 
         cfg = self.config
-        scheduler = DDIMScheduler(num_train_timesteps=cfg.num_train_timesteps, beta_schedule="linear",
-                                  prediction_type="sample", clip_sample=False, timestep_spacing="trailing")
+        scheduler = DDIMScheduler(**self._schedule_kwargs(), timestep_spacing="trailing")
         scheduler.set_timesteps(int(steps or cfg.decode_steps))
         quant = self.quantizer.lookup(ids)  # (B, D, g, g)
         gen = torch.Generator().manual_seed(cfg.decode_seed if seed is None else int(seed))
-        c, r = self.preprocessor.channels, cfg.resolution
+        c, r = self.decoder_channels, cfg.resolution
         x = torch.randn((1, c, r, r), generator=gen).to(quant.device)  # CPU draw: same noise on any device
         x = x.expand(len(ids), -1, -1, -1).contiguous()
         for t in scheduler.timesteps:
-            x0 = self.denoise(x, t.expand(len(ids)).to(quant.device), quant)
-            x = scheduler.step(x0, t, x, eta=0.0).prev_sample  # deterministic (eta 0)
+            out = self.denoise(x, t.expand(len(ids)).to(quant.device), quant)
+            x = scheduler.step(out, t, x, eta=0.0).prev_sample  # deterministic (eta 0)
+        if c != self.preprocessor.channels:  # (B, Cd, R, R) -> (B, 1, R, R)
+            x = x.mean(dim=1, keepdim=True)
         return x
 
     def decode(self, ids: torch.Tensor, *, steps: int | None = None, seed: int | None = None) -> torch.Tensor:
@@ -259,15 +336,16 @@ def build(config: DiVAEConfig) -> DiVAE:
 # ---------------------------------------------------------------------- training
 @torch.no_grad()
 def diffusion_loss(tok: DiVAE, labels: np.ndarray, *, seed: int = 0, batch_size: int = 64) -> float:
-    """Mean x0 loss over ``labels`` at seeded noise and timesteps (comparable across models)."""
+    """Mean diffusion loss (the x0 loss for x0 prediction) over ``labels`` at seeded noise and
+    timesteps (comparable across models)."""
     was_training, gen = tok.training, torch.Generator().manual_seed(seed)
     tok.eval()
     total = 0.0
     for start in range(0, len(labels), batch_size):
         x = tok.preprocessor.to_model(labels[start : start + batch_size])
-        noise = torch.randn(x.shape, generator=gen)
+        noise = torch.randn((len(x), tok.decoder_channels, *x.shape[2:]), generator=gen)
         t = torch.randint(0, tok.config.num_train_timesteps, (len(x),), generator=gen)
-        total += float(tok.loss_fn(tok(x, noise, t)[0], x)) * len(x)
+        total += float(tok.loss_fn(tok(x, noise, t)[0], tok.diffusion_target(x, noise, t))) * len(x)
     tok.train(was_training)
     return total / max(len(labels), 1)
 
@@ -287,11 +365,11 @@ def _train_loop(tok: DiVAE, x_train: torch.Tensor, opts: dict[str, Any], *, seed
             group["lr"] = warmup_cosine(step, steps=steps, peak=base_lr, warmup=max(1, steps // 20))
         idx = torch.randperm(len(x_train), generator=gen)[:batch]
         x = _augment(tok, x_train[idx], gen)  # (b, C, R, R), random hflip
-        noise = torch.randn(x.shape, generator=gen)
+        noise = torch.randn((len(x), tok.decoder_channels, *x.shape[2:]), generator=gen)  # = x.shape by default
         t = torch.randint(0, num_t, (batch,), generator=gen)  # (b,) uniform timesteps
         x, noise, t = x.to(device), noise.to(device), t.to(device)
         pred, _, commit = tok(x, noise, t)
-        rec = tok.loss_fn(pred, x)
+        rec = tok.loss_fn(pred, tok.diffusion_target(x, noise, t))  # x itself for x0 prediction
         opt.zero_grad(set_to_none=True)
         (rec + commit).backward()
         torch.nn.utils.clip_grad_norm_(tok.parameters(), 1.0)

@@ -17,10 +17,15 @@ What maps:
   codebook ``quantize._codebook.embed`` -> ``quantizer.codebook`` with its rows L2-normalised
   (the reference normalises them at every lookup, fm21 stores them unit-norm: the token ids
   are the same), ``cluster_size`` as is, ``initted`` (a k-means flag) dropped.
-- ``divae`` (rgb, depth, normals, edges): the encoder and quantizer as above. The diffusion
-  decoder (`fourm/vq/models/unet/unet.py` ``PatchedUNetCondCat``, an ADM/guided-diffusion UNet)
-  is not mapped onto fm21's diffusers ``UNet2DModel``: it stays random and the checkpoint says
-  so (``training.random_parts``, ``metrics.json`` ``random``). docs/tokenizers.md says why.
+- ``divae`` (rgb, depth, normals, edges): the encoder and quantizer as above, and the
+  diffusion decoder (`fourm/vq/models/unet/unet.py` ``PatchedUNetCondCat`` around an
+  ADM/guided-diffusion ``UNetModel``) into fm21's diffusers ``UNet2DModel`` built ADM-shaped
+  (``unet_layout: adm``): its sizes read from the tensors, every tensor through the explicit
+  key map of ``fm21.tokenize.adm_unet`` (each ``qkv`` split into ``to_q/to_k/to_v`` in the
+  legacy head order). The diffusion options (``prediction_type``, ``beta_schedule``,
+  ``zero_terminal_snr``, ``thresholding``) come from ``config.json``, falling back to the
+  reference ``DiVAE``'s own defaults. A release without decoder tensors (an encoder-only
+  copy) keeps a random decoder, tagged ``random``.
 - ``memcodes`` (DINOv2/ImageBind global, human poses): everything (BottleneckMLP blocks and
   layer norms, the 1x1-conv projections as linears, the Memcodes codes and key/value maps);
   fm21's input standardisation buffers are set to the identity (the reference has none).
@@ -39,7 +44,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_file
 
 from fm21.modalities import MODALITIES
-from fm21.tokenize import divae, memcodes, vqvae
+from fm21.tokenize import adm_unet, divae, memcodes, vqvae
 from fm21.tokenize.checkpoint import save_tokenizer
 from fm21.tokenize.image_tokenizer import TokenizerConfig
 
@@ -59,6 +64,11 @@ RELEASED: dict[str, str] = {
     # "EPFL-VILAB/4M_tokenizers_sam-instance_1k_64": the sam_mask family's own model, not imported
 }
 VIT_HEADS = {"vit_s": 8, "vit_b": 12, "vit_l": 16}  # `fourm/vq/models/vit_models.py` presets
+# `fourm/vq/vqvae.py` DiVAE keyword defaults, for a config.json that leaves one out
+DIVAE_DEFAULTS = {"prediction_type": "v_prediction", "beta_schedule": "squaredcos_cap_v2",
+                  "zero_terminal_snr": True, "thresholding": True, "num_train_timesteps": 1000}
+# decode steps of `fourm/utils/plotting_utils.py` decode_tok_*: 10 for edges, 25 otherwise
+DIVAE_DECODE_STEPS = {"edges": 10}  # label kind -> steps
 # reference keys with no fm21 counterpart, and why
 DROPPED = {"quantize._codebook.initted": "k-means-init flag of the lucid codebook (fm21 never k-means-inits)"}
 # The reference's reference-only ``ignore_keys``/loss modules are not in released state dicts.
@@ -143,6 +153,9 @@ def _vit_config(modality: str, config: dict[str, Any], state: dict[str, torch.Te
         commitment_weight=float(config.get("commitment_weight", 1.0)),
     )
     if family == "divae":
+        if "decoder.input_blocks.0.0.weight" in state:
+            decoder_options = {**_divae_decoder_options(spec, config, state, latent=codebook.shape[1],
+                                                        in_channels=proj.shape[1]), **decoder_options}
         base = divae.DiVAEConfig.from_spec(spec, decoder_options)
         cfg = dataclasses.replace(base, **model, codebook_ema_decay=float(config.get("ema_decay", 0.99)))
     else:
@@ -166,10 +179,32 @@ def _vit_mapping(fm21_keys: list[str], family: str) -> Mapping:
     }
     for key in fm21_keys:
         if key in out or (family == "divae" and key.startswith("decoder.")):
-            continue
+            continue  # the DiVAE decoder: mapped by fm21.tokenize.adm_unet
         ref = next((r + key[len(f):] for f, r in renames.items() if key.startswith(f)), key)
         out[key] = (ref, _same)
     return out
+
+
+# ---------------------------------------------------------------------- DiVAE decoders
+def _divae_decoder_options(spec: Any, config: dict[str, Any], state: dict[str, torch.Tensor], *, latent: int,
+                           in_channels: int) -> dict[str, Any]:
+    """DiVAE options that rebuild a released ADM decoder (``fm21.tokenize.adm_unet``): sizes from
+    the tensors, the diffusion from ``config.json`` (or the reference DiVAE's defaults)."""
+    layout = adm_unet.read_layout(state)
+    image = layout.in_channels - latent  # image channels * patch**2 (the condition: the latent codes)
+    patch = int(round((image / in_channels) ** 0.5))
+    if image != layout.out_channels or patch * patch * in_channels != image:
+        raise ValueError(f"decoder convs {layout.in_channels} in / {layout.out_channels} out do not read "
+                         f"{in_channels}-channel images patched square plus {latent} condition channels")
+    options: dict[str, Any] = {
+        "unet_layout": "adm", "unet_channels": layout.channels, "layers_per_block": layout.num_res_blocks,
+        "unet_attention_levels": layout.attention_levels, "unet_scale_shift": layout.scale_shift,
+        "decoder_patch": patch, "decode_steps": DIVAE_DECODE_STEPS.get(spec.label_kind, 25),
+        **{k: config.get(k, v) for k, v in DIVAE_DEFAULTS.items()},
+    }
+    if in_channels != spec.num_channels:  # the edge DiVAE diffuses 3 equal channels
+        options["decoder_channels"] = in_channels
+    return options
 
 
 # ---------------------------------------------------------------------- Memcodes
@@ -247,7 +282,8 @@ def import_state(config: dict[str, Any], state: dict[str, torch.Tensor], modalit
 
     ``resolution``: the fm21 spec's resolution (default the registry's, 224).
     ``num_heads``: attention heads when ``enc_type`` names no preset of that width.
-    ``decoder_options``: DiVAE config keys of the (random) fm21 UNet decoder.
+    ``decoder_options``: DiVAE config keys over those read from the release (e.g. ``decode_steps``,
+    ``unet_num_heads``; the UNet sizes of a random decoder when the release has none).
     """
     if modality not in MODALITIES:
         raise ValueError(f"unknown modality {modality!r}")
@@ -261,9 +297,11 @@ def import_state(config: dict[str, Any], state: dict[str, torch.Tensor], modalit
     else:
         cfg = _vit_config(modality, config, state, kind, resolution, num_heads, dict(decoder_options or {}))
         tok = (divae if kind == "divae" else vqvae).build(cfg)
-        if kind == "divae":
-            skip = ("decoder.",)
         mapping = _vit_mapping(list(tok.state_dict()), kind)
+        if kind == "divae" and cfg.unet_layout == "adm":
+            mapping |= adm_unet.adm_mapping(adm_unet.read_layout(state), cfg.unet_num_heads)
+        elif kind == "divae":  # no decoder tensors in the release: fm21's random one
+            skip = ("decoder.",)
         fm21_in = tok.state_dict()["encoder.proj.weight"].shape[1]
         if fm21_in == 1 and state["encoder.proj.weight"].shape[1] == 3:
             # The edge DiVAE reads edges as 3 equal channels (RGBTransform); fm21 reads 1. A

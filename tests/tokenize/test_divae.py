@@ -106,3 +106,37 @@ def test_training_is_deterministic_for_a_seed(scenes32: dict[str, np.ndarray]) -
     a, b = (r[0].state_dict() for r in runs)
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert runs[0][1]["abs_rel_aligned"] == runs[1][1]["abs_rel_aligned"]
+
+
+def test_released_layout_options_stay_out_of_the_default_dump() -> None:
+    """fm21's own DiVAEs keep their config dump (and fingerprints); the released layout's
+    options are written only when set, and round-trip."""
+    released = set(divae.DIVAE_OPTIONAL_FIELDS) - {"num_heads", "pos_grid"}
+    assert not released & set(DiVAEConfig.from_spec(SPECS["tok_rgb"], TINY).to_dict())
+    adm = DiVAEConfig.from_spec(SPECS["tok_sam_edge"], {
+        **TINY, "unet_channels": [32, 64], "unet_layout": "adm", "unet_attention_levels": [1], "decoder_channels": 3,
+        "prediction_type": "v_prediction", "zero_terminal_snr": True, "thresholding": True})
+    assert released <= set(adm.to_dict()) | {"unet_num_heads", "unet_scale_shift", "beta_schedule"}
+    assert DiVAEConfig.from_dict(adm.to_dict()) == adm
+    with pytest.raises(ValueError, match="unet_layout: adm"):
+        DiVAEConfig.from_spec(SPECS["tok_rgb"], {**TINY, "unet_attention_levels": [1]})
+    with pytest.raises(ValueError, match="only a 1-channel label"):
+        DiVAEConfig.from_spec(SPECS["tok_rgb"], {**TINY, "decoder_channels": 1})
+
+
+def test_v_prediction_adm_divae_trains_and_decodes(scenes32: dict[str, np.ndarray]) -> None:
+    """The v target is alpha_t^0.5 * noise - sigma_t * x (on the 3 repeated edge channels); a
+    training step and a decode run through the ADM-shaped UNet with those schedulers."""
+    opts = {**TINY, "unet_channels": [32, 64], "unet_layout": "adm", "unet_attention_levels": [1],
+            "decoder_channels": 3, "prediction_type": "v_prediction", "zero_terminal_snr": True,
+            "thresholding": True, "steps": 2, "batch_size": 4}
+    edges = scenes32["sam_edge"]
+    tok, _ = divae.train(SPECS["tok_sam_edge"], opts, edges[4:12], edges[:4], seed=0)
+    x = tok.preprocessor.to_model(edges[:2])  # (2, 1, 32, 32)
+    noise, t = torch.randn(2, 3, 32, 32), torch.tensor([10, 999])
+    a = tok.noise_schedule.alphas_cumprod[t][:, None, None, None]
+    v = a.sqrt() * noise - (1 - a).sqrt() * x.expand(-1, 3, -1, -1)
+    torch.testing.assert_close(tok.diffusion_target(x, noise, t), v)
+    assert float(a[1]) == pytest.approx(0.0, abs=1e-9)  # zero terminal SNR: pure noise at t = 999
+    out = tok.decode_labels(tok.encode_labels(edges[:2]), steps=2)
+    assert out.shape == (2, 32, 32) and out.dtype == np.uint8

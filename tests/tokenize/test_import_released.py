@@ -1,7 +1,8 @@
 """Importing the released 4M tokenizers: state dicts with the reference's key names and
 shapes (apple/ml-4m `fourm/vq/vqvae.py`, `fourm/vq/models/vit_models.py`,
-`fourm/vq/models/mlp_models.py`, `fourm/vq/quantizers/`), random values at small widths,
-written as a released folder -> import -> every tensor compared -> encode_labels runs."""
+`fourm/vq/models/mlp_models.py`, `fourm/vq/quantizers/`, `fourm/vq/models/unet/unet.py`),
+random values at small widths, written as a released folder -> import -> every tensor
+compared -> encode_labels (and for DiVAEs decode_labels) runs."""
 
 from __future__ import annotations
 
@@ -47,6 +48,69 @@ def _vq(sd: dict, codes: int, gen: torch.Generator) -> None:
     sd["quantize._codebook.embed"] = torch.randn(codes, LATENT, generator=gen)
     sd["quantize._codebook.cluster_size"] = torch.rand(codes, generator=gen)
     sd["quantize._codebook.initted"] = torch.ones(1)
+
+
+def _conv(sd: dict, name: str, out: int, inp: int, k: int, gen: torch.Generator, *, dims: int = 2) -> None:
+    sd[f"{name}.weight"] = torch.randn(out, inp, *([k] * dims), generator=gen) / (inp * k**dims) ** 0.5
+    sd[f"{name}.bias"] = torch.randn(out, generator=gen) * 0.1
+
+
+def _norm(sd: dict, name: str, ch: int, gen: torch.Generator) -> None:
+    sd[f"{name}.weight"] = 1 + 0.1 * torch.randn(ch, generator=gen)
+    sd[f"{name}.bias"] = 0.1 * torch.randn(ch, generator=gen)
+
+
+def _adm_resblock(sd: dict, name: str, inp: int, out: int, emb: int, gen: torch.Generator) -> None:
+    """Keys of a reference ResBlock (no scale-shift norm, 1x1 skip when the width changes)."""
+    _norm(sd, f"{name}.in_layers.0", inp, gen)
+    _conv(sd, f"{name}.in_layers.2", out, inp, 3, gen)
+    _linear(sd, f"{name}.emb_layers.1", out, emb, gen)
+    _norm(sd, f"{name}.out_layers.0", out, gen)
+    _conv(sd, f"{name}.out_layers.3", out, out, 3, gen)
+    if inp != out:
+        _conv(sd, f"{name}.skip_connection", out, inp, 1, gen)
+
+
+def _adm_attention(sd: dict, name: str, ch: int, gen: torch.Generator) -> None:
+    _norm(sd, f"{name}.norm", ch, gen)
+    _conv(sd, f"{name}.qkv", 3 * ch, ch, 1, gen, dims=1)  # 1x1 Conv1d
+    _conv(sd, f"{name}.proj_out", ch, ch, 1, gen, dims=1)
+
+
+def _adm_unet(sd: dict, in_ch: int, out_ch: int, *, width: int, mult: tuple[int, ...], res: int,
+              attention_ds: tuple[int, ...], gen: torch.Generator) -> None:
+    """The keys of a reference ``UNetModel`` under ``decoder.`` (the block walk of its __init__)."""
+    emb, ch, ds, chans, idx = 4 * width, width, 1, [width], 1
+    _linear(sd, "decoder.time_embed.0", emb, width, gen)
+    _linear(sd, "decoder.time_embed.2", emb, emb, gen)
+    _conv(sd, "decoder.input_blocks.0.0", width, in_ch, 3, gen)
+    for level, m in enumerate(mult):
+        for _ in range(res):
+            _adm_resblock(sd, f"decoder.input_blocks.{idx}.0", ch, m * width, emb, gen)
+            ch = m * width
+            if ds in attention_ds:
+                _adm_attention(sd, f"decoder.input_blocks.{idx}.1", ch, gen)
+            chans, idx = chans + [ch], idx + 1
+        if level != len(mult) - 1:
+            _conv(sd, f"decoder.input_blocks.{idx}.0.op", ch, ch, 3, gen)  # Downsample, stride 2
+            chans, idx, ds = chans + [ch], idx + 1, ds * 2
+    _adm_resblock(sd, "decoder.middle_block.0", ch, ch, emb, gen)
+    _adm_attention(sd, "decoder.middle_block.1", ch, gen)
+    _adm_resblock(sd, "decoder.middle_block.2", ch, ch, emb, gen)
+    idx = 0
+    for level, m in list(enumerate(mult))[::-1]:
+        for i in range(res + 1):
+            _adm_resblock(sd, f"decoder.output_blocks.{idx}.0", ch + chans.pop(), m * width, emb, gen)
+            ch, k = m * width, 1
+            if ds in attention_ds:
+                _adm_attention(sd, f"decoder.output_blocks.{idx}.1", ch, gen)
+                k = 2
+            if level and i == res:
+                _conv(sd, f"decoder.output_blocks.{idx}.{k}.conv", ch, ch, 3, gen)  # Upsample
+                ds //= 2
+            idx += 1
+    _norm(sd, "decoder.out.0", ch, gen)
+    _conv(sd, "decoder.out.2", out_ch, width, 3, gen)
 
 
 def _released(tmp_path, config: dict, sd: dict):
@@ -120,25 +184,122 @@ def test_vit_vqvae_imports_every_tensor(tmp_path, modality) -> None:
     assert read_tokenizer_config(tmp_path / "out")["training"]["random_parts"] == []
 
 
-def test_divae_imports_encoder_and_tags_the_decoder_random(tmp_path) -> None:
+def _divae_state(in_ch: int, codes: int) -> dict:
+    """A released DiVAE's encoder and quantizer (no decoder yet)."""
+    return {k: v for k, v in _vqvae_state(in_ch, in_ch, 16, codes).items()
+            if not k.startswith(("decoder.", "post_quant_proj."))}
+
+
+DIVAE_CONFIG = {"enc_type": "vit_b_enc", "dec_type": "unet_patched", "post_mlp": True, "patch_size": 16,
+                "beta_schedule": "linear", "prediction_type": "sample"}  # as the shipped divae configs
+UNET = {"width": 32, "mult": (1, 2), "res": 1, "attention_ds": (2,)}  # GroupNorm(32) needs widths of 32
+
+
+def test_divae_without_decoder_tensors_keeps_a_random_decoder(tmp_path) -> None:
     spec = MODALITIES["tok_depth"]
-    sd = {k: v for k, v in _vqvae_state(1, 1, 16, spec.vocab_size).items()
-          if not k.startswith(("decoder.", "post_quant_proj."))}
-    # a few keys of the reference's ADM UNet decoder: not mapped, skipped as a whole
-    sd["decoder.input_blocks.0.0.weight"] = torch.randn(8, 1 * 16 + LATENT, 3, 3)
-    sd["decoder.time_embed.0.weight"] = torch.randn(32, 8)
-    config = {"enc_type": "vit_b_enc", "dec_type": "unet_patched", "post_mlp": True, "patch_size": 16,
-              "beta_schedule": "linear", "prediction_type": "sample", "codebook_size": spec.vocab_size}
-    folder = _released(tmp_path, config, sd)
+    sd = _divae_state(1, spec.vocab_size)  # an encoder-only copy of a release
+    folder = _released(tmp_path, {**DIVAE_CONFIG, "codebook_size": spec.vocab_size}, sd)
     report = import_tokenizer(tmp_path / "out", path=folder, modality="tok_depth", num_heads=HEADS, resolution=32,
                               decoder_options={"unet_channels": [8, 16], "layers_per_block": 1})
-    assert report["family"] == "divae" and report["random"] == ["decoder"] and report["skipped"] == ["decoder"]
+    assert report["family"] == "divae" and report["random"] == ["decoder"] and report["skipped"] == []
     tok = load_tokenizer(tmp_path / "out")
+    assert tok.config.unet_layout == "fm21"
     _assert_all_imported(tok, sd, skip="decoder.")
-    saved = read_tokenizer_config(tmp_path / "out")
-    assert saved["training"]["random_parts"] == ["decoder"]
+    assert read_tokenizer_config(tmp_path / "out")["training"]["random_parts"] == ["decoder"]
     depth = np.random.default_rng(0).uniform(1, 10, size=(2, 32, 32)).astype(np.float16)
     assert tok.encode_labels(depth).shape == (2, 4)
+
+
+def _tensor_index(tensors: dict[str, torch.Tensor]) -> dict[bytes, list[str]]:
+    index: dict[bytes, list[str]] = {}
+    for key, value in tensors.items():
+        index.setdefault(value.detach().float().contiguous().numpy().tobytes(), []).append(key)
+    return index
+
+
+@pytest.mark.parametrize(("modality", "in_ch", "heads"), [("tok_depth", 1, 2), ("tok_sam_edge", 3, 1)])
+def test_divae_imports_the_adm_decoder(tmp_path, modality, in_ch, heads) -> None:
+    """Every reference decoder tensor lands in fm21's UNet2DModel (found by value: random
+    values are unique), each qkv as the legacy-order q/k/v rows; the decoder then decodes."""
+    spec, gen = MODALITIES[modality], torch.Generator().manual_seed(1)
+    sd = _divae_state(in_ch, spec.vocab_size)
+    _adm_unet(sd, in_ch * 16 + LATENT, in_ch * 16, gen=gen, **UNET)  # decoder patch 4: C * 4 * 4
+    folder = _released(tmp_path, {**DIVAE_CONFIG, "codebook_size": spec.vocab_size}, sd)
+    report = import_tokenizer(tmp_path / "out", path=folder, modality=modality, num_heads=HEADS, resolution=32,
+                              decoder_options={"unet_num_heads": heads})
+    assert report["random"] == [] and report["skipped"] == []
+    assert read_tokenizer_config(tmp_path / "out")["training"]["random_parts"] == []
+    tok = load_tokenizer(tmp_path / "out")
+    cfg = tok.config
+    assert (cfg.unet_layout, cfg.unet_channels, cfg.layers_per_block, cfg.unet_attention_levels) == (
+        "adm", (32, 64), 1, (1,))
+    assert (cfg.decoder_patch, cfg.prediction_type, cfg.zero_terminal_snr, cfg.thresholding) == (
+        4, "sample", True, True)  # zero SNR and thresholding: the reference DiVAE's defaults
+    assert (cfg.decoder_channels, cfg.decode_steps) == ((3, 10) if in_ch == 3 else (0, 25))  # plotting_utils' steps
+    assert float(tok.noise_schedule.alphas_cumprod[-1]) == pytest.approx(0.0, abs=1e-9)  # zero terminal SNR
+    # (the edge encoder's patch conv: summed over its 3 equal input channels)
+    _assert_all_imported(tok, {**sd, "encoder.proj.weight": sd["encoder.proj.weight"].sum(1)}, skip="decoder.")
+
+    ours = {k: v for k, v in tok.state_dict().items() if k.startswith("decoder.")}
+    theirs = {k: v for k, v in sd.items() if k.startswith("decoder.")}
+    index = _tensor_index({k: v.reshape(v.shape[0], -1).squeeze(-1) if v.ndim == 3 else v for k, v in ours.items()})
+    qkv = {k for k in theirs if ".qkv." in k}
+    for key in sorted(set(theirs) - qkv):  # one fm21 tensor per reference tensor (a 1x1 conv1d as a linear)
+        value = theirs[key][..., 0] if theirs[key].ndim == 3 else theirs[key]
+        assert len(index.get(value.float().contiguous().numpy().tobytes(), [])) == 1, key
+    assert len(ours) == len(theirs) - len(qkv) + 3 * len(qkv)  # each qkv tensor became three
+    # the legacy split, spelled out for the middle attention: channels are (heads, q|k|v, head_dim)
+    ref_w, ch = sd["decoder.middle_block.1.qkv.weight"][..., 0], 64 // heads  # (3C, C)
+    for part, name in enumerate(("to_q", "to_k", "to_v")):
+        rows = torch.cat([ref_w[h * 3 * ch + part * ch : h * 3 * ch + (part + 1) * ch] for h in range(heads)])
+        torch.testing.assert_close(ours[f"decoder.mid_block.attentions.0.{name}.weight"], rows, rtol=0, atol=0)
+
+    labels = (np.random.default_rng(0).uniform(1, 10, size=(2, 32, 32)).astype(np.float16) if in_ch == 1
+              else (np.random.default_rng(0).random((2, 32, 32)) > 0.9).astype(np.uint8))
+    ids = tok.encode_labels(labels)
+    decoded = tok.decode_labels(ids, steps=2)
+    assert decoded.shape == (2, 32, 32) and np.isfinite(decoded.astype(np.float32)).all()
+    np.testing.assert_array_equal(decoded, tok.decode_labels(ids, steps=2))  # seeded: a pure function of ids
+
+
+def test_adm_blocks_match_the_reference_math(tmp_path) -> None:
+    """Independent check of the conversion: the converted attention, ResBlock and timestep
+    embedding against their definitions in `fourm/vq/models/unet/` computed here from the
+    source tensors (QKVAttentionLegacy: heads split before q/k/v)."""
+    spec, gen, heads = MODALITIES["tok_depth"], torch.Generator().manual_seed(2), 2
+    sd = _divae_state(1, spec.vocab_size)
+    _adm_unet(sd, 16 + LATENT, 16, gen=gen, **UNET)
+    folder = _released(tmp_path, {**DIVAE_CONFIG, "codebook_size": spec.vocab_size}, sd)
+    import_tokenizer(tmp_path / "out", path=folder, modality="tok_depth", num_heads=HEADS, resolution=32,
+                     decoder_options={"unet_num_heads": heads})
+    unet = load_tokenizer(tmp_path / "out").decoder
+    ref = {k[len("decoder."):]: v for k, v in sd.items() if k.startswith("decoder.")}
+    x = torch.randn(2, 64, 4, 4, generator=gen)
+
+    # AttentionBlock: x + proj_out(attention(qkv(norm(x)))) on (B, C, T)
+    a = "middle_block.1"
+    h = F.group_norm(x, 32, ref[f"{a}.norm.weight"], ref[f"{a}.norm.bias"]).reshape(2, 64, 16)
+    qkv = F.conv1d(h, ref[f"{a}.qkv.weight"], ref[f"{a}.qkv.bias"])  # (B, 3C, T)
+    q, k, v = qkv.reshape(2 * heads, 3 * 64 // heads, 16).split(64 // heads, dim=1)  # legacy order
+    w = torch.softmax(torch.einsum("bct,bcs->bts", q, k) / (64 // heads) ** 0.5, dim=-1)
+    out = F.conv1d(torch.einsum("bts,bcs->bct", w, v).reshape(2, 64, 16), ref[f"{a}.proj_out.weight"],
+                   ref[f"{a}.proj_out.bias"])
+    torch.testing.assert_close(unet.mid_block.attentions[0](x), x + out.reshape(x.shape), rtol=1e-4, atol=1e-4)
+
+    # ResBlock 32 -> 64 with its 1x1 skip (the first block of level 1), emb added after conv1
+    r, xin, emb = "input_blocks.3.0", torch.randn(2, 32, 4, 4, generator=gen), torch.randn(2, 128, generator=gen)
+    h = F.conv2d(F.silu(F.group_norm(xin, 32, ref[f"{r}.in_layers.0.weight"], ref[f"{r}.in_layers.0.bias"])),
+                 ref[f"{r}.in_layers.2.weight"], ref[f"{r}.in_layers.2.bias"], padding=1)
+    h = h + F.linear(F.silu(emb), ref[f"{r}.emb_layers.1.weight"], ref[f"{r}.emb_layers.1.bias"])[..., None, None]
+    h = F.conv2d(F.silu(F.group_norm(h, 32, ref[f"{r}.out_layers.0.weight"], ref[f"{r}.out_layers.0.bias"])),
+                 ref[f"{r}.out_layers.3.weight"], ref[f"{r}.out_layers.3.bias"], padding=1)
+    expected = F.conv2d(xin, ref[f"{r}.skip_connection.weight"], ref[f"{r}.skip_connection.bias"]) + h
+    torch.testing.assert_close(unet.down_blocks[1].resnets[0](xin, emb), expected, rtol=1e-4, atol=1e-4)
+
+    # timestep_embedding: [cos, sin] of t * exp(-ln(10000) * i / half)
+    t, half = torch.tensor([0, 17, 999]), 16
+    args = t[:, None].float() * torch.exp(-np.log(10000) * torch.arange(half) / half)[None]
+    torch.testing.assert_close(unet.time_proj(t), torch.cat([torch.cos(args), torch.sin(args)], -1))
 
 
 def test_edge_divae_sums_its_three_input_channels(tmp_path) -> None:

@@ -12,7 +12,6 @@ import os
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 from typer.testing import CliRunner
 
@@ -21,20 +20,20 @@ from fm21.modalities import MODALITIES
 from fm21.tokenize.import_released import import_tokenizer
 from fm21.train.import_4m21 import import_4m21
 from fm21.train.released_run import ReleasedRunError, assemble_run
-from tests.tokenize.test_import_released import HEADS, LATENT, _released, _vqvae_state
+from tests.tokenize.test_import_released import HEADS, _released, _vqvae_state
 from tests.tokenize.test_reference_conventions import _released_like
 from tests.train.reference_4m_state import hf_config, reference_state
 
 DOMAINS = ["rgb@224", "tok_rgb@224", "tok_depth@224", "caption"]
-# the fm21 decoder that stays random: small and 2 DDIM steps, so decoding costs little
+# the fm21 decoder of an encoder-only release (random): small and 2 DDIM steps, so decoding costs little
 UNET = {"unet_channels": [8, 16], "layers_per_block": 1, "decoder_patch": 8, "decode_steps": 2}
 
 
 def _release_tokenizer(tmp_path, modality: str, channels: int):
-    """A released-format DiVAE folder (ViT encoder + a stub of the reference's UNet) of random weights."""
+    """A released-format DiVAE folder without its UNet decoder (the import keeps fm21's, random),
+    random weights. (A full ADM decoder imports too: tests/tokenize/test_import_released.py.)"""
     sd = {k: v for k, v in _vqvae_state(channels, channels, 16, MODALITIES[modality].vocab_size).items()
           if not k.startswith(("decoder.", "post_quant_proj."))}
-    sd["decoder.input_blocks.0.0.weight"] = torch.randn(8, channels * 16 + LATENT, 3, 3)
     config = {"enc_type": "vit_b_enc", "dec_type": "unet_patched", "post_mlp": True, "patch_size": 16,
               "beta_schedule": "linear", "random_init": True}
     (tmp_path / modality).mkdir()
