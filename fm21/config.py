@@ -230,6 +230,9 @@ class SamMaskOptions(FamilyOptions):
     steps: int | None = None
     batch_size: int | None = None
     lr: float | None = None
+    trunk: str | None = None  # "vit": the reference's ViT + out_conv layout (the released tokenizer's)
+    num_heads: int | None = None  # vit trunk
+    pos_grid: int | None = None  # vit trunk
 
 
 class DivaeOptions(FamilyOptions):

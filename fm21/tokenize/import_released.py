@@ -29,6 +29,10 @@ What maps:
 - ``memcodes`` (DINOv2/ImageBind global, human poses): everything (BottleneckMLP blocks and
   layer norms, the 1x1-conv projections as linears, the Memcodes codes and key/value maps);
   fm21's input standardisation buffers are set to the identity (the reference has none).
+- ``sam_mask`` (the SAM instance-mask tokenizer of ``sam_instance``): everything, into the
+  family's ``trunk: vit`` (:func:`import_sam_state`): the ViT keys and projections as for
+  ``vqvae``, the decoder's ``out_conv`` ConvNeXt blocks one to one. The reference feeds masks
+  in {0, 1}, fm21 in {-1, 1}: the patch projection is rewritten for fm21's range (exact).
 """
 
 from __future__ import annotations
@@ -61,7 +65,7 @@ RELEASED: dict[str, str] = {
     "EPFL-VILAB/4M_tokenizers_ImageBind-H14_8k_224-448": "tok_imagebind",
     "EPFL-VILAB/4M_tokenizers_ImageBind-H14-global_8k_16_224": "tok_imagebind_global",
     "EPFL-VILAB/4M_tokenizers_human-poses_1k_8": "human_poses",
-    # "EPFL-VILAB/4M_tokenizers_sam-instance_1k_64": the sam_mask family's own model, not imported
+    "EPFL-VILAB/4M_tokenizers_sam-instance_1k_64": "sam_instance",  # sam_mask, trunk: vit (import_sam_state)
 }
 VIT_HEADS = {"vit_s": 8, "vit_b": 12, "vit_l": 16}  # `fourm/vq/models/vit_models.py` presets
 # `fourm/vq/vqvae.py` DiVAE keyword defaults, for a config.json that leaves one out
@@ -248,6 +252,79 @@ def _memcodes_mapping(fm21_keys: list[str]) -> tuple[Mapping, dict[str, Transfor
     return out, fixed
 
 
+# ---------------------------------------------------------------------- SAM instance masks
+def _sam_config(modality: str, config: dict[str, Any], state: dict[str, torch.Tensor],
+                num_heads: int | None) -> Any:
+    """The fm21 ``sam_mask`` config (``trunk: vit``) of a released SAM-instance VQVAE
+    (apple/ml-4m `cfgs/default/tokenization/vqvae/sam_instance/ViTB-ViTB_1k_224_64.yaml`:
+    ViT-B encoder and decoder, ``out_conv``, patch 16 on 64 px masks, 1024 cosine codes)."""
+    from fm21.tokenize import sam_mask  # the family module, imported on use as the others' are
+
+    proj = state["encoder.proj.weight"]  # (D, 1, P, P)
+    dim, in_ch, patch = proj.shape[0], proj.shape[1], proj.shape[-1]
+    codebook = state["quantize._codebook.embed"]
+    codebook = codebook.reshape(-1, codebook.shape[-1])  # (K, latent)
+    if in_ch != 1:
+        raise ValueError(f"{modality}: the released mask encoder reads {in_ch} channels, a mask has 1")
+    if not config.get("post_mlp", True):
+        raise ValueError("the released SAM-instance tokenizer ends in the tanh post-MLP; this one has post_mlp false")
+    if "decoder.out_conv.0.dwconv.weight" not in state or config.get("out_conv") is False:
+        raise ValueError(f"{modality}: fm21's vit sam_mask decoder has the reference's out_conv head; "
+                         "this release has none")
+    depth = _depth(state, "encoder.")
+    if _depth(state, "decoder.") != depth or state["decoder.pos_emb"].shape[1] != dim:
+        raise ValueError("the decoder's depth/width differ from the encoder's (fm21's ViT trunk shares them)")
+    options = {
+        "trunk": "vit", "hidden_dim": dim, "num_layers": depth, "patch_size": patch,
+        "num_heads": _heads(config, "enc_type", dim, num_heads), "pos_grid": state["encoder.pos_emb"].shape[-1],
+        "latent_dim": codebook.shape[1], "vocab_size": codebook.shape[0],
+        "ema_decay": float(config.get("ema_decay", 0.99)),
+        "commitment_weight": float(config.get("commitment_weight", 1.0)),
+    }
+    return sam_mask.SamMaskConfig.from_spec(MODALITIES[modality], options)  # checks 16 tokens, <= 1024 codes
+
+
+def _fold_unit_range_input(target: dict[str, torch.Tensor]) -> None:
+    """Rewrite the (already imported) patch projection from the reference's {0, 1} masks
+    (`fourm/data/modality_transforms.py` SAMInstanceTransform: ``mask / 255``) to fm21's
+    {-1, 1} (``SamMaskTokenizer.to_model``). With x01 = (x + 1) / 2 and a patchify conv
+    (no padding): W x01 + b = (W / 2) x + (b + sum(W) / 2), the sum over (C, P, P)."""
+    weight = target["encoder.proj.weight"]
+    target["encoder.proj.bias"] = target["encoder.proj.bias"] + weight.sum(dim=(1, 2, 3)) / 2
+    target["encoder.proj.weight"] = weight / 2
+
+
+def import_sam_state(config: dict[str, Any], state: dict[str, torch.Tensor], modality: str, *,
+                     resolution: int | None = None, num_heads: int | None = None,
+                     decoder_options: dict[str, Any] | None = None) -> tuple[torch.nn.Module, dict[str, Any]]:
+    """A released SAM-instance tokenizer -> (fm21 ``sam_mask`` tokenizer with ``trunk: vit``, report).
+
+    Every tensor is mapped (``_vit_mapping``: ``encoder.*``/``decoder.*`` incl.
+    ``decoder.out_conv.*`` one to one, ``quant_proj`` -> ``to_latent``, ``post_quant_proj`` ->
+    ``from_latent``, unit-norm codebook, EMA usage), then the patch projection is folded for
+    fm21's input range (report ``input_fold``). ``resolution``/``decoder_options`` do not apply:
+    the mask size is fixed (64) and the decoder is the released one.
+    """
+    from fm21.tokenize import sam_mask
+
+    if decoder_options:
+        raise ValueError(f"{modality}: decoder_options do not apply (the released ViT decoder is imported)")
+    cfg = _sam_config(modality, config, state, num_heads)
+    if resolution not in (None, cfg.mask_size):
+        raise ValueError(f"{modality}: the mask tokenizer reads {cfg.mask_size} px box crops, not {resolution}")
+    tok = sam_mask.build(cfg)
+    target = dict(tok.state_dict())
+    report = apply_mapping(target, state, _vit_mapping(list(target), "vqvae"))
+    _fold_unit_range_input(target)
+    tok.load_state_dict(target, strict=True)
+    report |= {"family": sam_mask.FAMILY, "modality": modality, "random": [],
+               "input_fold": "encoder.proj: reference masks in {0, 1} -> fm21's {-1, 1}"}
+    if config.get("random_init"):  # a release-format folder made from random weights (fm21's tests)
+        report["random"] = ["all"]
+    tok.training_summary = {"imported_from": config.get("_source", "released"), "random_parts": report["random"]}
+    return tok.eval(), report
+
+
 # ---------------------------------------------------------------------- import
 def apply_mapping(target: dict[str, torch.Tensor], state: dict[str, torch.Tensor], mapping: Mapping, *,
                   fixed: dict[str, Transform] | None = None, skip_prefixes: tuple[str, ...] = ()) -> dict[str, Any]:
@@ -287,6 +364,9 @@ def import_state(config: dict[str, Any], state: dict[str, torch.Tensor], modalit
     """
     if modality not in MODALITIES:
         raise ValueError(f"unknown modality {modality!r}")
+    if MODALITIES[modality].embedded_tokenizer == "sam_mask":  # the instance-mask VQVAE: its own import
+        return import_sam_state(config, state, modality, resolution=resolution, num_heads=num_heads,
+                                decoder_options=decoder_options)
     kind = released_kind(config, state)
     skip: tuple[str, ...] = ()
     fixed: dict[str, Transform] = {}

@@ -8,6 +8,15 @@ cross-entropy loss, one instance per sample, tiny boxes (< 0.05 % of the image) 
 `fourm/data/modality_transforms.py` SAMInstanceTransform). fm21's CPU choice reuses the
 VQ-VAE's conv trunk and ``LucidQuantizer`` at patch 16 on 64 px (latent 32 by default).
 
+``trunk: vit`` (opt-in) is the reference's layout instead, with the reference's module
+names, so the released ``EPFL-VILAB/4M_tokenizers_sam-instance_1k_64`` imports one to one
+(``fm21.tokenize.import_released``): the ViT encoder and decoder of ``fm21.tokenize.vit``
+(the encoder ends in the tanh post-MLP, then a plain 1x1 ``to_latent``, the reference's
+``quant_proj``), and the decoder's ``out_conv`` head, two ConvNeXt blocks on the one-channel
+logits (apple/ml-4m `fourm/vq/models/vit_models.py`, ``ViTDecoder(out_conv=True)``).
+The conv default is unchanged: its config dump omits the new fields (``trunk``,
+``num_heads``, ``pos_grid``) at their defaults, so its fingerprint is the same.
+
 Label space: ``(B, 64, 64)`` uint8 masks, 1 (or any non-zero) = inside; ``decode_labels``
 gives 0/1 (sigmoid > 0.5, as the reference's decoder). :func:`decode_masks` pastes the
 decoded masks back into their boxes on the crop.
@@ -28,13 +37,17 @@ from torch import nn
 from fm21.modalities import ModalitySpec
 from fm21.schedules import warmup_cosine
 from fm21.tokenize.crops import Crop
+from fm21.tokenize.image_tokenizer import omit_default_fields
 from fm21.tokenize.instances import MASK_SIZE, box_crops, crop_instances, mask_iou, paste_masks
 from fm21.tokenize.quantizer import LucidQuantizer, codebook_stats
-from fm21.tokenize.vqvae import ConvDecoder, ConvEncoder, PostMLP, _norm
+from fm21.tokenize.vit import LN_EPS, MLP_RATIO, ViTDecoder
+from fm21.tokenize.vqvae import TRUNKS, ConvDecoder, latent_head
 
 FAMILY = "sam_mask"
 NUM_TOKENS = 16  # the sam_instance string writes 16 ids per instance
 MAX_CODES = 1024  # ids are written v0=i (i < 512) or v1=i-512
+# Fields added after checkpoints were written: left out of the dump at their default.
+OPTIONAL_FIELDS = ("trunk", "num_heads", "pos_grid")
 
 
 @dataclass(frozen=True)
@@ -55,6 +68,9 @@ class SamMaskConfig:
     steps: int = 300
     batch_size: int = 64
     lr: float = 1e-3
+    trunk: str = "conv"  # "conv" | "vit" (the reference's ViT with the out_conv head)
+    num_heads: int = 0  # vit trunk: attention heads (0: hidden_dim / 64)
+    pos_grid: int = 0  # vit trunk: side of the stored position embedding (0: grid_size)
 
     @property
     def grid_size(self) -> int:
@@ -65,7 +81,7 @@ class SamMaskConfig:
         return self.grid_size**2
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        return omit_default_fields(self, OPTIONAL_FIELDS)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> SamMaskConfig:
@@ -86,11 +102,53 @@ class SamMaskConfig:
                              f"{cfg.mask_size}/{cfg.patch_size}")
         if not 1 <= cfg.vocab_size <= MAX_CODES:
             raise ValueError(f"{spec.name}: vocab_size must be 1..{MAX_CODES} (the string's id range)")
+        if cfg.trunk not in TRUNKS:
+            raise ValueError(f"{spec.name}: unknown trunk {cfg.trunk!r}; have {', '.join(TRUNKS)}")
         return cfg
 
 
+class ConvNeXtBlock(nn.Module):
+    """ConvNeXt block on ``(B, C, H, W)``: ``x + gamma * pwconv2(GELU(pwconv1(LN(dwconv(x)))))``,
+    the LayerNorm and linears channels-last (apple/ml-4m `fourm/vq/models/vit_models.py`
+    ``ConvNeXtBlock``, layer scale 1e-6, no drop path).
+
+    With one channel (the mask logits) the LayerNorm over that single channel maps every
+    pixel to its bias, so the block adds a learned constant and ``dwconv`` has no effect;
+    kept as the reference computes it, so released weights give the released logits."""
+
+    def __init__(self, dim: int, layer_scale: float = 1e-6) -> None:
+        super().__init__()
+        self.dwconv = nn.Conv2d(dim, dim, kernel_size=7, padding=3, groups=dim)  # depthwise
+        self.norm = nn.LayerNorm(dim, eps=LN_EPS)
+        self.pwconv1 = nn.Linear(dim, MLP_RATIO * dim)
+        self.act = nn.GELU()
+        self.pwconv2 = nn.Linear(MLP_RATIO * dim, dim)
+        self.gamma = nn.Parameter(torch.full((dim,), layer_scale))
+        for lin in (self.pwconv1, self.pwconv2):  # the reference decoder's xavier init of linears
+            nn.init.xavier_uniform_(lin.weight)
+            nn.init.zeros_(lin.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.dwconv(x).permute(0, 2, 3, 1)  # (B, H, W, C)
+        y = self.gamma * self.pwconv2(self.act(self.pwconv1(self.norm(y))))
+        return x + y.permute(0, 3, 1, 2)
+
+
+class ViTMaskDecoder(ViTDecoder):
+    """``fm21.tokenize.vit.ViTDecoder`` followed by the reference's ``out_conv``: two
+    ConvNeXt blocks on the unpatchified output (against patch checkerboard artifacts)."""
+
+    def __init__(self, out_channels: int, cfg: Any) -> None:
+        super().__init__(out_channels, cfg)
+        self.out_conv = nn.Sequential(ConvNeXtBlock(out_channels), ConvNeXtBlock(out_channels))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.out_conv(super().forward(x))
+
+
 class SamMaskTokenizer(nn.Module):
-    """Conv encoder -> tanh post-MLP -> 1x1 proj -> lucid VQ -> conv decoder -> mask logits."""
+    """Encoder -> tanh post-MLP -> 1x1 proj -> lucid VQ -> decoder -> mask logits (conv
+    trunk, or the reference's ViT with its ``out_conv`` head)."""
 
     def __init__(self, config: SamMaskConfig) -> None:
         super().__init__()
@@ -98,17 +156,18 @@ class SamMaskTokenizer(nn.Module):
         self.fingerprint: str | None = None
         self.training_summary: dict[str, Any] | None = None  # None: random init
         cfg = config
-        self.encoder = ConvEncoder(1, cfg)  # the trunk reads hidden_dim, num_layers, patch_size
-        self.post_mlp = PostMLP(cfg.hidden_dim)
-        self.to_latent = nn.Sequential(_norm(cfg.hidden_dim), nn.SiLU(), nn.Conv2d(cfg.hidden_dim, cfg.latent_dim, 1))
+        # built in this order (encoder, post-MLP, to_latent, quantizer, ...): seeded conv inits stay as they were
+        self.encoder = TRUNKS[cfg.trunk][0](1, cfg)  # reads hidden_dim, num_layers, patch_size (vit: heads, grid)
+        self.post_mlp, self.to_latent = latent_head(cfg)  # vit: Identity (the encoder ends in it), plain 1x1
         self.quantizer = LucidQuantizer(cfg.latent_dim, cfg.vocab_size, ema_decay=cfg.ema_decay,
                                         commitment_weight=cfg.commitment_weight, dead_code_coef=cfg.dead_code_coef)
         self.from_latent = nn.Conv2d(cfg.latent_dim, cfg.hidden_dim, 1)
-        self.decoder = ConvDecoder(1, cfg)
+        self.decoder = ViTMaskDecoder(1, cfg) if cfg.trunk == "vit" else ConvDecoder(1, cfg)
 
     @staticmethod
     def to_model(masks: np.ndarray) -> torch.Tensor:
-        """``(B, M, M)`` masks -> ``(B, 1, M, M)`` float in {-1, 1}."""
+        """``(B, M, M)`` masks -> ``(B, 1, M, M)`` float in {-1, 1}, for either trunk (the
+        reference feeds {0, 1}; its import folds that into the patch projection)."""
         return torch.from_numpy(np.asarray(masks) > 0).float().unsqueeze(1) * 2.0 - 1.0
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

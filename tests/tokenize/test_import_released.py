@@ -385,3 +385,69 @@ def test_unmapped_and_leftover_keys_are_listed(tmp_path) -> None:
         import_tokenizer(tmp_path / "out", path=folder, modality="tok_semseg", num_heads=HEADS, resolution=32)
     with pytest.raises(ValueError, match="pass --modality"):
         import_tokenizer(tmp_path / "out", path=folder)
+
+
+def _convnext(sd: dict, prefix: str, dim: int, gen: torch.Generator) -> None:
+    """A reference ConvNeXtBlock (`fourm/vq/models/vit_models.py`), as in the decoder's out_conv."""
+    sd[f"{prefix}.dwconv.weight"] = torch.randn(dim, 1, 7, 7, generator=gen)
+    sd[f"{prefix}.dwconv.bias"] = torch.randn(dim, generator=gen)
+    sd[f"{prefix}.norm.weight"] = torch.randn(dim, generator=gen)
+    sd[f"{prefix}.norm.bias"] = torch.randn(dim, generator=gen)
+    _linear(sd, f"{prefix}.pwconv1", 4 * dim, dim, gen)
+    _linear(sd, f"{prefix}.pwconv2", dim, 4 * dim, gen)
+    sd[f"{prefix}.gamma"] = torch.randn(dim, generator=gen)
+
+
+def test_sam_instance_imports_every_tensor(tmp_path) -> None:
+    """The released SAM-instance VQVAE (ViT encoder/decoder with out_conv, patch 16 on 64 px
+    masks, 1024 codes) -> fm21's sam_mask with trunk: vit."""
+    gen = torch.Generator().manual_seed(1)
+    sd = _vqvae_state(1, 1, 16, 1024)  # 64 px / patch 16: the 4x4 position grid of the builder
+    for i in range(2):
+        _convnext(sd, f"decoder.out_conv.{i}", 1, gen)
+    config = {"enc_type": "vit_b_enc", "dec_type": "vit_b_dec", "out_conv": True, "post_mlp": True,
+              "patch_size": 16, "image_size": 64, "n_channels": 1, "codebook_size": 1024, "latent_dim": LATENT,
+              "quant_type": "lucid", "norm_codes": True}
+    folder = _released(tmp_path, config, sd)
+    report = import_tokenizer(tmp_path / "out", path=folder, modality="sam_instance", num_heads=HEADS)
+    assert report["family"] == "sam_mask" and report["random"] == [] and report["dropped"] == [
+        "quantize._codebook.initted"]
+    tok = load_tokenizer(tmp_path / "out")
+    cfg = tok.config
+    assert (cfg.trunk, cfg.pos_grid, cfg.num_tokens, cfg.vocab_size, cfg.hidden_dim) == ("vit", 4, 16, 1024, D)
+    # every tensor landed; the patch projection rewritten from {0, 1} to {-1, 1} inputs
+    weight, bias = sd["encoder.proj.weight"], sd["encoder.proj.bias"]
+    torch.testing.assert_close(tok.encoder.proj.weight, weight / 2, rtol=0, atol=0)
+    torch.testing.assert_close(tok.encoder.proj.bias, bias + weight.sum((1, 2, 3)) / 2)
+    _assert_all_imported(tok, sd, skip="encoder.proj.")
+    assert "decoder.out_conv.1.gamma" in tok.state_dict()
+    # masks of boxes, as box crops look: the fold is exact (the reference's patchify of {0, 1})
+    yy, xx = np.mgrid[:64, :64]
+    masks = np.stack([(xx >= 8 * k) & (yy < 64 - 12 * k) for k in range(3)]).astype(np.uint8)
+    x01 = torch.from_numpy(masks).float()[:, None]
+    torch.testing.assert_close(tok.encoder.proj(tok.to_model(masks)), F.conv2d(x01, weight, bias, stride=16),
+                               rtol=1e-5, atol=1e-4)
+    ids = tok.encode_labels(masks)
+    assert ids.shape == (3, 16) and 0 <= ids.min() and ids.max() < 1024
+    np.testing.assert_array_equal(tok.encode_labels(masks), ids)
+    probs = tok.decode_probs(ids)
+    assert probs.shape == (3, 64, 64) and np.array_equal(probs, tok.decode_probs(ids))  # decode deterministic
+    assert set(np.unique(tok.decode_labels(ids))) <= {0, 1}
+    # out_conv as the reference computes it: a LayerNorm over the single logit channel gives its
+    # bias, so each ConvNeXt block adds gamma * pwconv2(GELU(pwconv1(norm.bias))) everywhere
+    with torch.no_grad():
+        q = tok.from_latent(tok.quantizer.lookup(torch.from_numpy(ids.astype(np.int64)).reshape(3, 4, 4)))
+        before = super(type(tok.decoder), tok.decoder).forward(q)  # the ViT decoder without out_conv
+        shift = sum(sd[f"decoder.out_conv.{i}.gamma"] * F.linear(F.gelu(F.linear(
+            sd[f"decoder.out_conv.{i}.norm.bias"], sd[f"decoder.out_conv.{i}.pwconv1.weight"],
+            sd[f"decoder.out_conv.{i}.pwconv1.bias"])), sd[f"decoder.out_conv.{i}.pwconv2.weight"],
+            sd[f"decoder.out_conv.{i}.pwconv2.bias"]) for i in range(2))
+    torch.testing.assert_close(torch.sigmoid(before + shift)[:, 0].numpy(), probs, rtol=1e-5, atol=1e-5)
+    assert read_tokenizer_config(tmp_path / "out")["training"]["random_parts"] == []
+
+
+def test_sam_instance_without_out_conv_is_refused(tmp_path) -> None:
+    sd = _vqvae_state(1, 1, 16, 1024)
+    folder = _released(tmp_path, {"enc_type": "vit_b_enc", "post_mlp": True}, sd)
+    with pytest.raises(ValueError, match="out_conv"):
+        import_tokenizer(tmp_path / "out", path=folder, modality="sam_instance", num_heads=HEADS)

@@ -101,3 +101,23 @@ def test_train_is_deterministic_and_meets_the_contract(labels, tmp_path) -> None
     assert (tmp_path / "recon.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     with pytest.raises(ValueError, match="no instance masks"):
         sam_mask.train(SPEC, TINY, masks[:0], masks[:0], seed=0)
+
+
+def test_vit_trunk_is_opt_in_and_the_conv_dump_is_unchanged(labels) -> None:
+    masks, _ = labels
+    conv = SamMaskConfig.from_spec(SPEC, TINY)
+    assert not {"trunk", "num_heads", "pos_grid"} & set(conv.to_dict())  # old checkpoints keep their fingerprint
+    assert "decoder.out_conv.0.gamma" not in sam_mask.build(conv).state_dict()
+    options = {**TINY, "trunk": "vit", "num_heads": 2}
+    vit = SamMaskConfig.from_spec(SPEC, options)
+    assert vit.to_dict()["trunk"] == "vit" and SamMaskConfig.from_dict(vit.to_dict()) == vit
+    tok, metrics = sam_mask.train(SPEC, options, masks, masks[:4], seed=0)
+    keys = set(tok.state_dict())
+    # the reference's layout: ViT blocks, plain 1x1 quant projection, the decoder's ConvNeXt out_conv
+    assert {"encoder.blocks.0.attn.qkv.weight", "to_latent.weight", "decoder.out_proj.weight",
+            "decoder.out_conv.1.pwconv2.weight"} <= keys
+    ids = tok.encode_labels(masks)
+    assert ids.shape == (8, 16) and 0 <= ids.min() and ids.max() < 32 and 0.0 <= metrics["mask_iou"] <= 1.0
+    assert tok.decode_labels(ids).shape == (8, 64, 64)
+    with pytest.raises(ValueError, match="trunk"):
+        SamMaskConfig.from_spec(SPEC, {"trunk": "unet"})
