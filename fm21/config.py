@@ -250,6 +250,16 @@ class DivaeOptions(FamilyOptions):
     num_train_timesteps: int | None = None
     decode_steps: int | None = None
     decode_seed: int | None = None
+    # the reference's ADM decoder layout and diffusion options (what an imported release sets)
+    unet_layout: Literal["fm21", "adm"] | None = None
+    unet_attention_levels: list[int] | None = None
+    unet_num_heads: int | None = None
+    unet_scale_shift: bool | None = None
+    decoder_channels: int | None = None
+    prediction_type: Literal["sample", "epsilon", "v_prediction"] | None = None
+    beta_schedule: str | None = None
+    zero_terminal_snr: bool | None = None
+    thresholding: bool | None = None
     codebook_ema_decay: float | None = None
     commitment_weight: float | None = None
     dead_code_coef: float | None = None

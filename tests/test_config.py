@@ -108,3 +108,14 @@ def test_train_modalities_is_a_subset_of_the_enabled_ones():
         load_config(overrides=["train.modalities=[rgb, tok_nope]"])
     with pytest.raises(ConfigError, match="no modality that can be a target"):
         load_config(overrides=["train.modalities=[rgb]"])
+
+
+def test_divae_recipes_can_set_the_reference_decoder_layout():
+    """The ADM layout and diffusion options an imported DiVAE carries are recipe keys too,
+    checked by value."""
+    cfg = load_config(overrides=["tokenizers.image.tok_sam_edge.unet_layout=adm",
+                                 "tokenizers.image.tok_sam_edge.prediction_type=v_prediction"])
+    opts = cfg.tokenizers.image["tok_sam_edge"]
+    assert (opts.unet_layout, opts.prediction_type) == ("adm", "v_prediction")
+    with pytest.raises(ConfigError, match="prediction_type"):
+        load_config(overrides=["tokenizers.image.tok_sam_edge.prediction_type=noise"])

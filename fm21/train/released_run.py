@@ -31,11 +31,11 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from fm21.store.layout import Workdir
+from fm21.tokenize.families import trains_tokenizer
 
 CHECKPOINT_NAME = "released"  # not step-*: the train loop's checkpoint pruning never touches it
 TEXT_DIR = "text"  # fm21.generate.run.TEXT_DIR
 RECORD_FILE = "released_run.json"
-TOKENIZED_KINDS = ("image_tokens", "feature_tokens", "global_tokens")  # a tokenizers/<modality> folder each
 
 
 class ReleasedRunError(ValueError):
@@ -47,10 +47,12 @@ def _tokenizer_problems(name: str, tok: Mapping[str, Any], specs: Mapping[str, A
     if name not in specs:
         return [f"{name}: the model has no such modality (it has: {', '.join(specs)})"]
     spec, out = specs[name], []
-    if spec.kind not in TOKENIZED_KINDS:
+    if not trains_tokenizer(spec):
         out.append(f"{name}: a {spec.kind} modality has no tokenizer folder")
     if tok.get("modality", name) != name:
         out.append(f"{name}: the tokenizer folder is for {tok['modality']}")
+    if spec.kind == "sequence":  # an embedded tokenizer (SAM masks, poses): its codes are text tokens
+        return out
     if "vocab_size" in tok and int(tok["vocab_size"]) != spec.vocab_size:
         out.append(f"{name}: tokenizer codebook {tok['vocab_size']}, the model's vocabulary {spec.vocab_size}")
     if "num_tokens" in tok:
@@ -122,7 +124,7 @@ def assemble_run(workdir: str | Path, *, model: str | Path, tokenizers: Mapping[
     _link(text_dir / "tokenizer.json", text_file, force=True)  # ... replaced by the released file itself
     TextTokenizer.load(text_dir)  # the link reads back to the recorded fingerprint
 
-    image_like = [n for n, s in specs.items() if s.kind in TOKENIZED_KINDS]
+    tokenized = [n for n, s in specs.items() if trains_tokenizer(s)]
     extra = config.get("extra") or {}
     record = {
         "workdir": str(Path(workdir).resolve()),
@@ -133,9 +135,9 @@ def assemble_run(workdir: str | Path, *, model: str | Path, tokenizers: Mapping[
         "modalities": list(specs),
         "tokenizers": {n: {"folder": str(Path(f).resolve()), "fingerprint": tok_configs[n].get("fingerprint"),
                            "random": _tokenizer_random(tok_configs[n])} for n, f in tokenizers.items()},
-        # image-like modalities the model has but no tokenizer was given for: neither
+        # tokenized modalities the model has but no tokenizer was given for: neither
         # readable from files nor decodable (generation names the missing folder)
-        "without_tokenizer": [n for n in image_like if n not in tokenizers],
+        "without_tokenizer": [n for n in tokenized if n not in tokenizers],
         "text_tokenizer": {"file": str(text_file.resolve()), "vocab_size": text.vocab_size,
                            "fingerprint": text.fingerprint()},
         # sequence ids the model can emit past the text vocabulary decode to nothing

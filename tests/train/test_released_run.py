@@ -110,3 +110,17 @@ def test_mismatched_parts_are_refused_before_anything_is_written(released_run, t
     assert not (tmp_path / "w").exists()
     with pytest.raises(ReleasedRunError, match="exists; --force"):  # a second run does not overwrite silently
         assemble_run(tmp / "work", model=tmp / "4m", text_tokenizer=tmp, tokenizers={})
+
+
+def test_sequence_tokenizers_are_accepted_for_their_sequences_only() -> None:
+    """An imported SAM-instance (or pose) tokenizer serves its sequence, whose codes are text
+    tokens: no codebook or token-count check against the sequence's text vocabulary; a pixels
+    modality has no tokenizer folder at all."""
+    from fm21.train.released_run import _tokenizer_problems
+
+    specs = {n: MODALITIES[n] for n in ("sam_instance", "rgb", "caption")}
+    sam = {"modality": "sam_instance", "vocab_size": 1024, "num_tokens": 16}
+    assert _tokenizer_problems("sam_instance", sam, specs) == []
+    assert _tokenizer_problems("caption", {"modality": "caption"}, specs) == \
+        ["caption: a sequence modality has no tokenizer folder"]
+    assert "a pixels modality has no tokenizer folder" in _tokenizer_problems("rgb", {"modality": "rgb"}, specs)[0]
