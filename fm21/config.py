@@ -606,6 +606,11 @@ class EvaluateConfig(Strict):
     tasks: list[str] | None = None
     # X -> RGB: tok_rgb is generated from each of these conditions (those the run has)
     rgb_from: list[str] = ["tok_depth", "tok_semseg", "caption"]
+    # X -> RGB: K > 1 also scores the pixel mean of K decoded samples (seeds seed..seed+K-1,
+    # at `rgb_temperature`): the conditional-mean estimate that squared error rewards,
+    # beside the single sample (docs/evaluation.md)
+    rgb_samples: int = Field(1, ge=1)
+    rgb_temperature: float = Field(1.0, gt=0)
     # Retrieval (the tasks of label kind vector: tok_dinov2_global, tok_imagebind_global):
     # the target is generated from each of these conditions, decoded to an embedding and
     # searched among the evaluation samples' true embeddings
