@@ -5,7 +5,6 @@ Tiny random-init run: plumbing only, every output is tagged random."""
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
