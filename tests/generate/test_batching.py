@@ -90,3 +90,18 @@ def test_a_batch_size_below_one_is_a_clear_error(tiny_workdir, tmp_path):
     result = CliRunner().invoke(app, ["--set", f"workdir={tiny_workdir}", "generate", "--from-store", "--cond", "rgb",
                                       "--target", "tok_depth", "--batch-size", "0", "--out", str(tmp_path / "x")])
     assert result.exit_code == 2 and "--batch-size must be at least 1" in result.output, result.output
+
+
+def test_a_long_sequence_condition_keeps_max_seq_len_tokens_as_training_does(run_and_rows):
+    from fm21.evaluate.sampler import init_full_input
+    from fm21.generate.inputs import sequence_tensor
+    from fm21.train.masking import EOS_ID
+
+    run, _ = run_and_rows
+    spec = run.specs["caption"]
+    short = sequence_tensor([300, 301], spec)[0].tolist()
+    assert short[:3] == [300, 301, EOS_ID] and not any(short[3:])
+    long = sequence_tensor(list(range(300, 300 + 2 * spec.max_seq_len)), spec)
+    md = init_full_input({"caption": {"tensor": long}}, "caption", run.specs)
+    assert int((~md["caption"]["input_mask"]).sum()) == spec.max_seq_len  # the cut drops the EOS
+    assert EOS_ID not in long[0].tolist()
