@@ -478,6 +478,8 @@ def generate(
     from_store: Annotated[bool, typer.Option("--from-store", help="condition on rows of the run's tokens store")] = False,
     where: Annotated[Optional[str], typer.Option("--where", help="Lance filter on the tokens store")] = None,
     limit: Annotated[int, typer.Option("--limit", help="most store rows to generate from")] = 8,
+    batch_size: Annotated[int, typer.Option(
+        "--batch-size", help="samples per sampler call in --batch-dir / --from-store (same results, faster)")] = 16,
     serve_page: Annotated[bool, typer.Option("--serve", help="serve the local generation page instead")] = False,
     port: Annotated[int, typer.Option("--port", help="loopback port of the page")] = 8800,
 ) -> None:
@@ -504,9 +506,11 @@ def generate(
     if from_store and batch_dir:
         raise GenerateError("give --batch-dir or --from-store, not both")
     if from_store:
-        result = driver.generate_from_store(run, stored, given, targets, settings, out_dir, where=where, limit=limit)
+        result = driver.generate_from_store(run, stored, given, targets, settings, out_dir, where=where, limit=limit,
+                                            batch_size=batch_size)
     elif batch_dir:
-        result = driver.generate_folder(run, Path(batch_dir), given, targets, settings, out_dir)
+        result = driver.generate_folder(run, Path(batch_dir), given, targets, settings, out_dir,
+                                        batch_size=batch_size)
     else:
         result = driver.generate_sample(run, given, targets, settings, out_dir)
     count = result.get("num_samples", 1)

@@ -15,7 +15,11 @@ random ``num_select`` subset per step) and ``autoregressive`` (one token per ste
 order; ``num_steps`` is ignored). Each step's tokens become encoder inputs of the next.
 Sequence targets always decode autoregressively (:mod:`fm21.evaluate.autoregressive`), by
 default with a K/V cache (``kv_cache=False``: the reference's full recomputation), each row
-of the batch stopping at its own end token (``use_eos=False``: decode every slot).
+of the batch stopping at its own end token (``use_eos=False``: decode up to the cap), and
+never past the modality's ``max_seq_len`` tokens, EOS included.
+
+``generator``: one ``torch.Generator`` for the batch, or a list of one per row (each row
+then samples exactly as it would alone: :mod:`fm21.evaluate.sampling`).
 
 Guidance (:mod:`fm21.evaluate.sampling`), all passes in one batched forward:
 ``cfg_scale=s`` gives ``uncond + s * (cond - uncond)``, the uncond pass blanking
@@ -37,8 +41,8 @@ import torch
 
 from fm21.evaluate.autoregressive import generate_sequence
 from fm21.evaluate.sampling import (  # noqa: F401  (re-exported: the sampler's public API)
-    GREEDY_BELOW, Guidance, ModDict, Sampling, blank_conditions, clone_mod_dict, filter_logits,
-    sample_tokens,
+    GREEDY_BELOW, Generators, Guidance, ModDict, Sampling, blank_conditions, clone_mod_dict,
+    filter_logits, sample_tokens,
 )
 from fm21.modalities import ModalitySpec
 from fm21.train.masking import EOS_ID, grid_decoder_attention_mask, sentinel_id
@@ -181,8 +185,8 @@ def _generate_grid(model: FourM, md: ModDict, *, target: str, scheme: str, steps
     remaining = d["input_mask"].clone()  # (B, N) True = still unknown
     for num_select, temp in zip(steps, temps):
         if scheme == "roar":  # decode a random subset, chosen before the forward pass
-            noise = torch.rand(remaining.shape, generator=sampling.generator)
-            queries = _choose(noise.to(remaining.device), remaining, num_select)
+            noise = sampling.uniform(tuple(remaining.shape), remaining.device)
+            queries = _choose(noise, remaining, num_select)
         elif scheme == "maskgit":  # query everything unknown, keep the most confident
             queries = remaining
         elif scheme == "autoregressive":  # the first unknown slots in raster order
@@ -216,7 +220,7 @@ def generate(
     top_k: int | float | None = None,
     top_p: float | None = None,
     cfg_scale: float = 1.0,
-    generator: torch.Generator | None = None,
+    generator: Generators = None,
     cfg_conditions: Mapping[str, float] | None = None,
     cfg_cond_domains: Iterable[str] | None = None,
     kv_cache: bool = True,
@@ -229,7 +233,8 @@ def generate(
     (``kv_cache``, ``use_eos``: see :func:`fm21.evaluate.autoregressive.generate_sequence`).
     Grid targets with ``scheme="autoregressive"`` decode one token per step in raster order.
     Guidance: ``cfg_scale`` (+ ``cfg_cond_domains``, the modalities its unconditional pass
-    blanks) or weighted ``cfg_conditions`` (see :class:`fm21.evaluate.sampling.Guidance`)."""
+    blanks) or weighted ``cfg_conditions`` (see :class:`fm21.evaluate.sampling.Guidance`).
+    ``generator``: shared by the batch, or a sequence of one per row."""
     was_training = model.training
     model.eval()
     md = clone_mod_dict(mod_dict)

@@ -11,12 +11,17 @@ condition) as one batch of ``passes * B`` rows through a single forward, then mi
   "Compositional Visual Generation"): ``uncond + sum_i w_i * (cond_i - uncond)``, where
   ``cond_i`` blanks every weighted condition but ``m_i`` and ``uncond`` blanks them all.
   Modalities not named stay visible in every pass.
+
+Randomness: one ``torch.Generator`` for the whole batch, or one per row
+(:data:`Generators`): then row ``b`` draws only from its own generator, with the same
+draws it would make alone in a batch of one, so its output does not depend on its batch
+mates (``fm21 generate`` batches samples this way, each seeded as if run alone).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Iterable, Mapping
+from typing import Iterable, Mapping, Sequence, Union
 
 import torch
 
@@ -24,6 +29,7 @@ from fm21.modalities import ModalitySpec
 from fm21.train.masking import sentinel_id
 
 ModDict = dict[str, dict[str, torch.Tensor]]
+Generators = Union[torch.Generator, Sequence[torch.Generator], None]  # one for the batch, or one per row
 GREEDY_BELOW = 1e-5  # temperatures at or below this decode greedily (argmax)
 
 
@@ -133,19 +139,49 @@ def filter_logits(
     return logits
 
 
+def per_row(generator: Generators, batch: int) -> list[torch.Generator] | None:
+    """The per-row generators of a batch of ``batch`` rows, or None for a shared one."""
+    if generator is None or isinstance(generator, torch.Generator):
+        return None
+    gens = list(generator)
+    if len(gens) != batch:
+        raise ValueError(f"{len(gens)} generators for a batch of {batch} rows (give one per row)")
+    return gens
+
+
+def uniform(shape: tuple[int, ...], generator: Generators, device: torch.device) -> torch.Tensor:
+    """U[0, 1) noise of ``shape`` (B, ...): from the shared generator, or row by row."""
+    gens = per_row(generator, shape[0])
+    if gens is None:
+        noise = torch.rand(shape, generator=generator)
+    else:
+        noise = torch.cat([torch.rand((1, *shape[1:]), generator=g) for g in gens])
+    return noise.to(device)
+
+
 def sample_tokens(
     logits: torch.Tensor, *, temperature: float, top_k: int | float | None = None,
-    top_p: float | None = None, generator: torch.Generator | None = None,
+    top_p: float | None = None, generator: Generators = None, active: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(..., V) logits -> (ids, probability of each chosen id), both (...)."""
+    """(B, ..., V) logits -> (ids, probability of each chosen id), both (B, ...).
+
+    With one generator per row, row b samples from its own, and rows where ``active`` (B,)
+    is False draw nothing (id 0): a finished row leaves its generator as it was."""
     logits = logits.float()
     if temperature <= GREEDY_BELOW:
         probs = filter_logits(logits, top_k=top_k, top_p=top_p).softmax(dim=-1)
         ids = probs.argmax(dim=-1)
+        return ids, probs.gather(-1, ids.unsqueeze(-1)).squeeze(-1)
+    probs = filter_logits(logits / temperature, top_k=top_k, top_p=top_p).softmax(dim=-1)
+    V = probs.shape[-1]
+    gens = per_row(generator, probs.shape[0])
+    if gens is None:
+        ids = torch.multinomial(probs.reshape(-1, V), 1, generator=generator).reshape(probs.shape[:-1])
     else:
-        probs = filter_logits(logits / temperature, top_k=top_k, top_p=top_p).softmax(dim=-1)
-        flat = probs.reshape(-1, probs.shape[-1])
-        ids = torch.multinomial(flat, 1, generator=generator).reshape(probs.shape[:-1])
+        ids = torch.zeros(probs.shape[:-1], dtype=torch.long, device=probs.device)
+        for b, g in enumerate(gens):
+            if active is None or bool(active[b]):  # the same draws as this row alone
+                ids[b] = torch.multinomial(probs[b].reshape(-1, V), 1, generator=g).reshape(ids.shape[1:])
     return ids, probs.gather(-1, ids.unsqueeze(-1)).squeeze(-1)
 
 
@@ -156,13 +192,17 @@ class Sampling:
     top_k: int | float | None = None
     top_p: float | None = None
     guidance: Guidance = field(default_factory=Guidance)
-    generator: torch.Generator | None = None
+    generator: Generators = None  # one for the batch, or one per row
 
     def logits(self, model, mod_dict: ModDict, target: str) -> torch.Tensor:
         """(B, L, V) guided logits of ``target`` from one (batched) forward."""
         batch = self.guidance.batch(mod_dict, target, model.specs)
         return self.guidance.combine(model.forward_logits(batch, targets=[target])[target].float())
 
-    def sample(self, logits: torch.Tensor, temperature: float) -> tuple[torch.Tensor, torch.Tensor]:
+    def sample(self, logits: torch.Tensor, temperature: float, active: torch.Tensor | None = None
+               ) -> tuple[torch.Tensor, torch.Tensor]:
         return sample_tokens(logits, temperature=temperature, top_k=self.top_k, top_p=self.top_p,
-                             generator=self.generator)
+                             generator=self.generator, active=active)
+
+    def uniform(self, shape: tuple[int, ...], device: torch.device) -> torch.Tensor:
+        return uniform(shape, self.generator, device)

@@ -3,8 +3,16 @@
 Targets are generated in the order given and chained: each finished target becomes a
 full input of the next (the sampler leaves it in the mod_dict so), as 4M's any-to-any
 chained generation does (apple/ml-4m `fourm/models/generate.py`, README "chained generation").
-Batch modes stream their samples one at a time: memory does not grow with the folder or
-the store, and the index holds one small entry per sample.
+Batch modes stream their samples and group those with the same conditions (names and
+shapes) into batches of up to ``batch_size``: one sampler call per target and batch, each
+row stopping at its own end (:mod:`fm21.evaluate.autoregressive`). Memory holds at most
+one open batch per condition layout; the index holds one small entry per sample.
+
+Seeds: every sample draws from its own generator seeded with ``Settings.seed``, as a
+sample generated alone does (per-row generators, :mod:`fm21.evaluate.sampling`), so a
+sample's output depends on its conditions and the seed, never on its batch mates or its
+place in the folder: batching changes speed, not results (greedy decoding gives identical
+tokens; sampled ones agree up to the float rounding of a batched forward pass).
 """
 
 from __future__ import annotations
@@ -13,7 +21,7 @@ import json
 import logging
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterable, Iterator
 
 import torch
 
@@ -25,6 +33,7 @@ from fm21.generate.run import GenerateError, TrainedRun
 
 log = logging.getLogger("fm21")
 
+DEFAULT_BATCH_SIZE = 16
 GRID_FILE = "grid.png"
 SUMMARY_FILE = "generation.json"
 INDEX_FILE = "index.json"
@@ -56,24 +65,43 @@ def check_targets(run: TrainedRun, targets: list[str], conditions: list[str]) ->
         raise GenerateError(f"a target is given twice: {targets}")
 
 
+def generate_tokens(model: Any, batch: list[list[Condition]], targets: list[str],
+                    settings: Settings) -> dict[str, dict[str, torch.Tensor]]:
+    """The chained ``targets`` of every sample of ``batch`` (each a list of conditions with
+    the same names and shapes), one sampler call per target; row ``b`` of the returned
+    mod_dict is sample ``b``, generated as it would be alone (its own seeded generator)."""
+    specs = model.specs
+    names = [c.name for c in batch[0]]
+    md: dict[str, dict[str, torch.Tensor]] = {}
+    for j, name in enumerate(names):
+        md[name] = {"tensor": torch.cat([conds[j].tensor for conds in batch])}  # (B, ...)
+        md = init_full_input(md, name, specs)
+    gens = [torch.Generator().manual_seed(settings.seed) for _ in batch]
+    for target in targets:
+        md = init_empty_target(md, target, specs, batch_size=len(batch))
+        md = generate(model, md, target=target, scheme=settings.scheme, num_steps=settings.num_steps,
+                      temperature=settings.temperature, top_k=settings.top_k, top_p=settings.top_p,
+                      cfg_scale=settings.cfg_scale, generator=gens)
+    return md
+
+
 def generate_sample(run: TrainedRun, conditions: list[Condition], targets: list[str], settings: Settings,
                     out_dir: Path, *, title: str = "") -> dict[str, Any]:
     """Generate ``targets`` (chained) from ``conditions``; write every output, the grid and
     ``generation.json`` into ``out_dir``; return that summary."""
     check_targets(run, targets, [c.name for c in conditions])
+    md = generate_tokens(run.model, [conditions], targets, settings)
+    return write_sample(run, conditions, targets, settings, {t: md[t]["tensor"] for t in targets}, out_dir,
+                        title=title)
+
+
+def write_sample(run: TrainedRun, conditions: list[Condition], targets: list[str], settings: Settings,
+                 generated: dict[str, torch.Tensor], out_dir: Path, *, title: str = "") -> dict[str, Any]:
+    """One sample's generated ``(1, ...)`` tensors -> its output files, grid and
+    ``generation.json`` in ``out_dir``; returns that summary."""
     out_dir.mkdir(parents=True, exist_ok=True)
     specs = run.specs
-    md: dict[str, dict[str, torch.Tensor]] = {}
-    for cond in conditions:
-        md[cond.name] = {"tensor": cond.tensor}
-        md = init_full_input(md, cond.name, specs)
-    gen = torch.Generator().manual_seed(settings.seed)
-    for target in targets:
-        md = init_empty_target(md, target, specs, batch_size=1)
-        md = generate(run.model, md, target=target, scheme=settings.scheme, num_steps=settings.num_steps,
-                      temperature=settings.temperature, top_k=settings.top_k, top_p=settings.top_p,
-                      cfg_scale=settings.cfg_scale, generator=gen)
-    outputs = {t: decode_output(run, t, md[t]["tensor"], out_dir) for t in targets}
+    outputs = {t: decode_output(run, t, generated[t], out_dir) for t in targets}
     random_parts = run.random_parts([*targets, *(c.name for c in conditions)])
     background = next((c.labels for c in conditions if specs[c.name].label_kind == "rgb" and c.labels is not None),
                       None)
@@ -129,8 +157,9 @@ def folder_images(folder: Path) -> Iterator[Path]:
 
 
 def generate_folder(run: TrainedRun, folder: Path, extra: list[Condition], targets: list[str], settings: Settings,
-                    out_dir: Path) -> dict[str, Any]:
-    """Every image of ``folder`` as the pixels condition (with the ``extra`` conditions)."""
+                    out_dir: Path, *, batch_size: int = DEFAULT_BATCH_SIZE) -> dict[str, Any]:
+    """Every image of ``folder`` as the pixels condition (with the ``extra`` conditions),
+    ``batch_size`` images per sampler call."""
     pixels = _pixels_name(run)
     check_targets(run, targets, [pixels, *(c.name for c in extra)])
 
@@ -139,7 +168,7 @@ def generate_folder(run: TrainedRun, folder: Path, extra: list[Condition], targe
             rgb = read_label_map(path, "rgb", run.specs[pixels].resolution)
             yield path.stem, [pixels_condition(run.specs[pixels], rgb, source=str(path)), *extra]
 
-    return _run_all(run, samples(), targets, settings, out_dir)
+    return _run_all(run, samples(), targets, settings, out_dir, batch_size=batch_size)
 
 
 def store_rows(run: TrainedRun, names: list[str], *, where: str | None, limit: int) -> Iterator[dict]:
@@ -169,8 +198,10 @@ def store_rows(run: TrainedRun, names: list[str], *, where: str | None, limit: i
 
 
 def generate_from_store(run: TrainedRun, names: list[str], extra: list[Condition], targets: list[str],
-                        settings: Settings, out_dir: Path, *, where: str | None, limit: int) -> dict[str, Any]:
-    """Condition each matching store row on its stored tokens of ``names``."""
+                        settings: Settings, out_dir: Path, *, where: str | None, limit: int,
+                        batch_size: int = DEFAULT_BATCH_SIZE) -> dict[str, Any]:
+    """Condition each matching store row on its stored tokens of ``names`` (rows missing
+    one of them form batches of their own), ``batch_size`` rows per sampler call."""
     for name in names:
         run.spec(name)
     check_targets(run, targets, [*names, *(c.name for c in extra)])
@@ -181,25 +212,49 @@ def generate_from_store(run: TrainedRun, names: list[str], extra: list[Condition
                      for n in names if row.get(n) is not None]
             yield f"{row['key']}-crop{row['crop']}", [*conds, *extra]
 
-    return _run_all(run, samples(), targets, settings, out_dir)
+    return _run_all(run, samples(), targets, settings, out_dir, batch_size=batch_size)
+
+
+def _layout(conds: list[Condition]) -> tuple:
+    """What samples must share to be batched: their condition names, order and shapes."""
+    return tuple((c.name, tuple(c.tensor.shape[1:])) for c in conds)
+
+
+def _batches(samples: Iterable[tuple[str, list[Condition]]], batch_size: int
+             ) -> Iterator[list[tuple[int, str, list[Condition]]]]:
+    """Stream (index, label, conditions) batches of up to ``batch_size`` samples with the
+    same layout; a batch is released when full, the rest at the end."""
+    pending: dict[tuple, list[tuple[int, str, list[Condition]]]] = {}
+    for i, (label, conds) in enumerate(samples):
+        group = pending.setdefault(_layout(conds), [])
+        group.append((i, label, conds))
+        if len(group) >= batch_size:
+            yield pending.pop(_layout(conds))
+    yield from pending.values()
 
 
 def _run_all(run: TrainedRun, samples: Iterator[tuple[str, list[Condition]]], targets: list[str],
-             settings: Settings, out_dir: Path) -> dict[str, Any]:
+             settings: Settings, out_dir: Path, *, batch_size: int = DEFAULT_BATCH_SIZE) -> dict[str, Any]:
+    if batch_size < 1:
+        raise GenerateError(f"--batch-size must be at least 1, not {batch_size}")
     out_dir.mkdir(parents=True, exist_ok=True)
-    entries, random_parts = [], set()
-    for i, (label, conds) in enumerate(samples):
-        folder = f"{i:05d}-{_safe(label)}"
-        summary = generate_sample(run, conds, targets, settings, out_dir / folder, title=label)
-        entries.append({"sample": label, "folder": folder, "conditions": summary["conditions"],
-                        "outputs": {n: o["files"] for n, o in summary["outputs"].items()}})
-        random_parts.update(summary["random_parts"])
-        log.info("generate: %s -> %s", label, out_dir / folder)
+    entries: dict[int, dict[str, Any]] = {}
+    random_parts: set[str] = set()
+    for batch in _batches(samples, batch_size):
+        md = generate_tokens(run.model, [conds for _, _, conds in batch], targets, settings)
+        for row, (i, label, conds) in enumerate(batch):
+            folder = f"{i:05d}-{_safe(label)}"
+            generated = {t: md[t]["tensor"][row:row + 1] for t in targets}
+            summary = write_sample(run, conds, targets, settings, generated, out_dir / folder, title=label)
+            entries[i] = {"sample": label, "folder": folder, "conditions": summary["conditions"],
+                          "outputs": {n: o["files"] for n, o in summary["outputs"].items()}}
+            random_parts.update(summary["random_parts"])
+            log.info("generate: %s -> %s", label, out_dir / folder)
     if not entries:
         raise GenerateError("no sample to generate from (an empty folder, or no store row matches --where)")
     index = {"num_samples": len(entries), "targets": targets, "settings": asdict(settings),
-             "checkpoint_step": run.step, "random": bool(random_parts), "random_parts": sorted(random_parts),
-             "samples": entries}
+             "batch_size": batch_size, "checkpoint_step": run.step, "random": bool(random_parts),
+             "random_parts": sorted(random_parts), "samples": [entries[i] for i in sorted(entries)]}
     (out_dir / INDEX_FILE).write_text(json.dumps(index, indent=2) + "\n")
     return index
 

@@ -218,11 +218,13 @@ TEXT_READERS: dict[str, Callable[[Any], str | list[str]]] = {
 
 
 def sequence_tensor(ids: list[int], spec: ModalitySpec) -> torch.Tensor:
-    """Ids -> ``(1, seq_tensor_len)``: the ids (cut to ``max_seq_len``), EOS, PAD."""
-    ids = list(ids)[: spec.max_seq_len]
+    """Ids -> ``(1, seq_tensor_len)``: the ids closed by EOS, cut to ``max_seq_len`` tokens,
+    then PAD. As in training, the EOS counts (``fm21.train.masking.sequence_units``, apple/ml-4m
+    `fourm/data/masking.py`): a sequence of ``max_seq_len`` ids or more keeps that many ids
+    and no EOS."""
+    ids = (list(ids) + [EOS_ID])[: spec.max_seq_len]
     out = torch.zeros(1, spec.seq_tensor_len, dtype=torch.long)
     out[0, : len(ids)] = torch.tensor(ids, dtype=torch.long)
-    out[0, len(ids)] = EOS_ID
     return out
 
 

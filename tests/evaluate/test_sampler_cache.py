@@ -71,15 +71,21 @@ def test_cached_and_uncached_greedy_decoding_agree(setup, target, cfg_scale):
                      kv_cache=cache, use_eos=False)[target] for cache in (True, False)]
     assert torch.equal(runs[0]["tensor"], runs[1]["tensor"])
     assert torch.equal(runs[0]["input_mask"], runs[1]["input_mask"])
-    L = md[target]["tensor"].shape[1]
-    assert ((~runs[0]["input_mask"]).sum(dim=1) == L - 1).all()  # every slot decoded + EOS
+    # every slot up to the cap decoded, then EOS: max_seq_len tokens, EOS included
+    assert ((~runs[0]["input_mask"]).sum(dim=1) == specs[target].max_seq_len).all()
 
 
-def test_each_row_stops_at_its_own_end(setup):
+def test_each_row_stops_at_its_own_end(setup, monkeypatch):
     """Rows of one batch that end at different lengths get what they get alone."""
     specs, model, cond = setup
-    w = model.decoder_embeddings["caption"].token_emb.weight  # tied to the caption logits
+    head = model.decoder_embeddings["caption"]
+    w = head.token_emb.weight  # tied to the caption logits
     saved = w[EOS_ID].clone()
+    # every sentinel also ends a row: keep the random model's argmax off them, so EOS decides
+    no_sentinels = torch.zeros(specs["caption"].vocab_size)
+    no_sentinels[sentinel_id(1) - 1:sentinel_id(199) + 1] = -1e4
+    original = head.logits
+    monkeypatch.setattr(head, "logits", lambda y: original(y) + no_sentinels)
     try:
         with torch.no_grad():
             w[EOS_ID] *= 3.0  # make EOS likely enough that the random model stops early, unevenly
