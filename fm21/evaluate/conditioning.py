@@ -16,7 +16,7 @@ from fm21.evaluate.sampler import generate, init_empty_target, init_full_input
 from fm21.modalities import ModalitySpec
 from fm21.tokenize.serialize import split_palettes
 from fm21.train.loader import row_to_sample
-from fm21.train.masking import EOS_ID
+from fm21.train.masking import EOS_ID, closed_sequence
 
 BATCH = 16
 
@@ -36,7 +36,7 @@ def condition_tensor(rows: list[dict], name: str, spec: ModalitySpec) -> torch.T
         ids = [int(t) for t in (r.get(name) or [])]
         if spec.label_kind == "palette":  # tokens.lance holds the palettes of every k: the largest
             ids = split_palettes(ids)[-1]
-        ids = ids[: spec.max_seq_len] + [EOS_ID]
+        ids = closed_sequence(ids, spec)  # EOS counted in max_seq_len, as in training
         out[i, : len(ids)] = torch.tensor(ids)
     return out
 

@@ -29,7 +29,7 @@ from fm21.modalities import ModalitySpec
 from fm21.tokenize.crops import Crop, apply_crop
 from fm21.tokenize.serialize import METADATA_BY_NAME, serialize_color_palette, serialize_det, serialize_metadata
 from fm21.train.loader import row_to_sample
-from fm21.train.masking import EOS_ID
+from fm21.train.masking import closed_sequence
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
 
@@ -222,7 +222,7 @@ def sequence_tensor(ids: list[int], spec: ModalitySpec) -> torch.Tensor:
     then PAD. As in training, the EOS counts (``fm21.train.masking.sequence_units``, apple/ml-4m
     `fourm/data/masking.py`): a sequence of ``max_seq_len`` ids or more keeps that many ids
     and no EOS."""
-    ids = (list(ids) + [EOS_ID])[: spec.max_seq_len]
+    ids = closed_sequence(ids, spec)
     out = torch.zeros(1, spec.seq_tensor_len, dtype=torch.long)
     out[0, : len(ids)] = torch.tensor(ids, dtype=torch.long)
     return out

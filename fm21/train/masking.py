@@ -184,6 +184,12 @@ def sequence_units(value: Any, max_tokens: int) -> list[list[int]]:
     return [[t] for t in ids[:max_tokens]]
 
 
+def closed_sequence(value: Any, spec: ModalitySpec) -> list[int]:
+    """A sequence given whole as an input (a generation condition): its ids closed by EOS
+    and cut as training cuts them (:func:`sequence_units` at :func:`max_budget`)."""
+    return [t for unit in sequence_units(value, max_budget(spec)) for t in unit]
+
+
 # ------------------------------------------------------------------------------ masking
 def dirichlet_budget(alphas: np.ndarray, total: int, rng: np.random.Generator) -> np.ndarray:
     """floor(Dirichlet(alphas) * total), the remainder handed out one token at a time to

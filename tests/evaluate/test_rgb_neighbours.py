@@ -47,3 +47,16 @@ def test_mean_of_samples_averages_k_seeded_samples_at_the_rgb_temperature(monkey
     out = rgb_task.sample_mean(None, [{}, {}], "tok_depth", "tok_rgb", Tok(), cfg)
     assert calls == [(3, 0.7), (4, 0.7), (5, 0.7), (6, 0.7)]
     np.testing.assert_allclose(out, 45.0)  # mean of 30, 40, 50, 60
+
+
+def test_a_condition_sequence_is_cut_as_training_cuts_it():
+    """EOS counts in max_seq_len for conditions too (apple/ml-4m `fourm/data/masking.py`)."""
+    from fm21.evaluate.conditioning import condition_tensor
+    from fm21.train.masking import EOS_ID
+
+    spec = MODALITIES["caption"].at(max_seq_len=6)
+    cap = spec.max_seq_len
+    long, short = list(range(100, 100 + cap + 3)), [100, 101]
+    t = condition_tensor([{"caption": long}, {"caption": short}], "caption", spec).numpy()
+    assert list(t[0, :cap]) == long[:cap] and t[0, cap] == 0  # max_seq_len ids, no EOS, then PAD
+    assert list(t[1, :3]) == [100, 101, EOS_ID] and t[1, 3:].sum() == 0
