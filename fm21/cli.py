@@ -452,6 +452,25 @@ def import_run_cmd(
                f"{', '.join(record['tokenizers']) or 'none'}{missing}; fm21 --set workdir={workdir} generate ...")
 
 
+# ---------------------------------------------------------------- fm21 import checkpoint (an import as a run's train output)
+@import_app.command("checkpoint", epilog="Example: fm21 import checkpoint --model work/4m21-b --workdir work/mydata "
+                    "(then: fm21 --set workdir=work/mydata stage evaluate)")
+@one_line_errors
+def import_checkpoint_cmd(
+    model: Annotated[str, typer.Option("--model", help="the folder `fm21 import 4m21` wrote")],
+    workdir: Annotated[str, typer.Option("--workdir", help="a run whose stores and tokenizers exist")],
+    force: Annotated[bool, typer.Option("--force", help="point LATEST at the import over the run's own checkpoint")] = False,
+) -> None:
+    """Make an imported 4M checkpoint the train stage's output of a workdir that has its
+    stores, so that `fm21 stage evaluate` scores it (nothing is copied; checked first)."""
+    from fm21.train.released_run import adopt_checkpoint
+
+    out = adopt_checkpoint(workdir, model=model, force=force)
+    weights = out["weights"] + (" [random]" if out["random"] else "")
+    typer.echo(f"{workdir}: train stage = 4M {weights} ({out['num_parameters']} parameters, "
+               f"{', '.join(out['modalities'])}); fm21 --set workdir={workdir} stage evaluate")
+
+
 # ------------------------------------------------------------------------------ generate
 @app.command(epilog="Examples:\n\n\b\n"
              "  fm21 generate --cond rgb=img.png --target tok_depth --target caption --out gen\n"

@@ -294,7 +294,15 @@ def run_evaluate(cfg: EvaluateConfig, ctx) -> dict:
 def _random_parts(ctx) -> list[str]:
     """Specialists with random weights behind the modalities 4M trained on (and so behind
     what is scored here): their numbers are plumbing, not quality. Random specialists of
-    modalities outside the run (the demo's tiny CLIP, say) do not touch the report."""
+    modalities outside the run (the demo's tiny CLIP, say) do not touch the report. And
+    the 4M model itself (``4m``) when its checkpoint is tagged ``random_init``, as `fm21
+    import 4m21` tags an import of a release-format folder made from random weights."""
+    from fm21.train.checkpoint import read_checkpoint_config, resolve_latest
+
     meta = label_store.store_metadata(ctx.workdir.labels_uri).get("specialists", {})
     used = {spec.specialist for spec in ctx.specs.values()}
-    return sorted(n for n, p in meta.items() if p.get("random") and n in used)
+    parts = [n for n, p in meta.items() if p.get("random") and n in used]
+    latest = resolve_latest(ctx.workdir.checkpoints_dir)
+    if latest is not None and (read_checkpoint_config(latest).get("extra") or {}).get("random_init"):
+        parts.append("4m")
+    return sorted(parts)

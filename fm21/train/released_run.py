@@ -21,12 +21,17 @@ modality, vocabulary and token count against the model's spec of it, and the tex
 tokenizer's vocabulary against the model's sequence vocabulary. The workdir is for
 generation and evaluation; to train further, start a run from the checkpoint with
 ``train.init_from`` (docs/reference-conventions.md).
+
+:func:`adopt_checkpoint` (``fm21 import checkpoint``) is the other way in: a workdir that
+already has its own stores and tokenizers takes the imported checkpoint as its train
+stage's output, so that ``fm21 stage evaluate`` scores it.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import time
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -170,3 +175,79 @@ def parse_tokenizer_options(items: list[str]) -> dict[str, str]:
             raise ReleasedRunError(f"--tokenizer {name} given twice")
         out[name.strip()] = os.fspath(folder)
     return out
+
+
+# ------------------------------------------------------------------------------ an import as a run's train output
+def _store_problems(specs: Mapping[str, Any], stored: Mapping[str, Mapping[str, Any]]) -> list[str]:
+    """Why tokens.lance (its specs ``stored``) cannot feed the model of ``specs``."""
+    out = []
+    for name, spec in specs.items():
+        have = stored.get(name)
+        if have is None:
+            out.append(f"{name}: tokens.lance has no such column (has: {', '.join(stored)})")
+            continue
+        grid = spec.is_image_like and spec.kind != "global_tokens"  # global tokens: a fixed count, no grid
+        if grid and (have.get("resolution"), have.get("patch_size")) != (spec.resolution, spec.patch_size):
+            out.append(f"{name}: stored at {have.get('resolution')} px in {have.get('patch_size')} px patches, "
+                       f"the model reads {spec.resolution} px in {spec.patch_size} px patches")
+        if spec.is_image_like and spec.kind != "pixels" and have.get("vocab_size") != spec.vocab_size:
+            out.append(f"{name}: stored codebook {have.get('vocab_size')}, the model's {spec.vocab_size}")
+        if spec.kind == "sequence" and int(have.get("vocab_size") or 0) > spec.vocab_size:
+            out.append(f"{name}: stored ids up to {have.get('vocab_size')}, the model's table has {spec.vocab_size}")
+    return out
+
+
+def adopt_checkpoint(workdir: str | Path, *, model: str | Path, force: bool = False) -> dict[str, Any]:
+    """Make the imported 4M checkpoint folder ``model`` the train stage's output of
+    ``workdir``, a run whose stores (tokens.lance, labels.lance, tokenizers) already exist,
+    so that ``fm21 stage evaluate`` scores the import as it scores a trained model.
+
+    The folder is linked as ``train/checkpoints/released`` with ``LATEST`` naming it, and
+    ``train/manifest.json`` records it (``counts.weights``: released, ``counts.random``)
+    with a fingerprint of the checkpoint, so evaluate's inputs change with it. A later
+    ``fm21 stage train`` is another configuration: it trains (from scratch, or from the
+    import with ``train.init_from``) and moves ``LATEST``. Checked first: every modality of
+    the model is in tokens.lance at the model's grid and vocabulary, and every image-like
+    tokenizer it needs is in ``tokenizers/`` with the model's codebook and token count.
+    Unlike :func:`assemble_run`, nothing of the workdir's tokenizers is replaced."""
+    from fm21.store.manifest import fingerprint_of, read_manifest, write_json_atomic
+    from fm21.store.tokens import read_store_metadata
+    from fm21.tokenize.checkpoint import read_tokenizer_config
+    from fm21.train.checkpoint import publish_latest, read_checkpoint_config, resolve_latest, spec_from_dict
+
+    model = Path(model)
+    config = read_checkpoint_config(model)
+    specs = {name: spec_from_dict(d) for name, d in config["specs"].items()}
+    wd = Workdir(Path(workdir))
+    tokens = read_manifest(wd.manifest("tokens")) or {}
+    if tokens.get("status") != "complete":
+        raise ReleasedRunError(f"{workdir}: no complete tokens stage; build the stores first (fm21 run build_dataset)")
+    problems = _store_problems(specs, read_store_metadata(wd.tokens_uri)["specs"])
+    for name in (n for n, s in specs.items() if trains_tokenizer(s) and s.kind != "sequence"):
+        folder = Path(wd.tokenizers_dir) / name
+        if not (folder / "config.json").is_file():
+            problems.append(f"{name}: no tokenizer at {folder}")
+        else:
+            problems += _tokenizer_problems(name, read_tokenizer_config(folder), specs)
+    latest = resolve_latest(wd.checkpoints_dir)
+    if latest is not None and latest.name != CHECKPOINT_NAME and not force:
+        problems.append(f"LATEST names the run's own checkpoint {latest.name}; --force points it at the import "
+                        f"(the run's checkpoints stay)")
+    if problems:
+        raise ReleasedRunError("cannot adopt the checkpoint: " + "; ".join(problems))
+
+    link = Path(wd.checkpoints_dir) / CHECKPOINT_NAME
+    replace = force or (link.is_symlink() and link.resolve() == model.resolve())  # the same import again
+    _link(link, model, force=replace)
+    publish_latest(wd.checkpoints_dir / CHECKPOINT_NAME)
+    extra = config.get("extra") or {}
+    counts = {"weights": extra.get("weights", "trained"), "random": bool(extra.get("random_init")),
+              "checkpoint": str(model.resolve()), "steps": int(config.get("step", 0)),
+              "num_parameters": config.get("num_parameters")}
+    fingerprint = fingerprint_of({"imported": counts["checkpoint"], "files": config.get("files"),
+                                  "tokens": tokens.get("fingerprint")})
+    write_json_atomic(wd.manifest("train"), {
+        "stage": "train", "status": "complete", "fingerprint": fingerprint,
+        "upstream": {"tokens": tokens.get("fingerprint")}, "counts": counts, "seconds": 0.0,
+        "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "adopted": True})
+    return {"workdir": str(Path(workdir).resolve()), "fingerprint": fingerprint, "modalities": list(specs), **counts}

@@ -53,7 +53,18 @@ def sincos_2d(h: int, w: int, d: int) -> torch.Tensor:
     return torch.cat([out_w.sin(), out_w.cos(), out_h.sin(), out_h.cos()], dim=1)[None]
 
 
-def reference_shapes(domains: list[str], *, dim: int, enc: int, dec: int, mlp_ratio: float = 4.0) -> dict:
+def domain_size(d: str, *, image_size: int = 224, vocab: dict[str, int] | None = None) -> tuple[str, int, int]:
+    """``DOMAINS[d]`` for a model of ``image_size`` (the grid side scales with it: the
+    domain keeps its ``@224`` name, `fm.py` FM sizes its tables from ``image_size``) and a
+    vocabulary of ``vocab[d]`` where given (a small store's codebook or text vocabulary)."""
+    kind, n, side = DOMAINS[d]
+    if kind in ("pixels", "image_tokens"):
+        side = side * image_size // 224
+    return kind, (vocab or {}).get(d, n), side
+
+
+def reference_shapes(domains: list[str], *, dim: int, enc: int, dec: int, mlp_ratio: float = 4.0,
+                     image_size: int = 224, vocab: dict[str, int] | None = None) -> dict:
     """name -> shape of ``FM(config).state_dict()`` for a swiglu_nobias model (every domain in
     domains_in; the non-input-only ones in domains_out). Tied ``mod_emb`` appears under both names."""
     hidden = int(2 * int(dim * mlp_ratio) / 3)  # GatedMlp
@@ -79,7 +90,7 @@ def reference_shapes(domains: list[str], *, dim: int, enc: int, dec: int, mlp_ra
     s["decoder_proj_context.weight"], s["decoder_proj_context.bias"] = (dim, dim), (dim,)
     s["mask_token"] = (1, 1, dim)
     for d in domains:
-        kind, n, side = DOMAINS[d]
+        kind, n, side = domain_size(d, image_size=image_size, vocab=vocab)
         grid = (1, side * side, dim)
         e = f"encoder_embeddings.{d}."
         s[e + "mod_emb"] = (1, 1, dim)
@@ -101,17 +112,19 @@ def reference_shapes(domains: list[str], *, dim: int, enc: int, dec: int, mlp_ra
     return s
 
 
-def reference_state(domains: list[str], *, dim: int, enc: int, dec: int, seed: int = 0) -> dict:
+def reference_state(domains: list[str], *, dim: int, enc: int, dec: int, seed: int = 0, image_size: int = 224,
+                    vocab: dict[str, int] | None = None) -> dict:
     """A random-init (``random``) state dict with the reference's names and shapes, and its
     buffers as the reference computes them (sin-cos tables, zero norm biases, tied mod_emb)."""
     g = torch.Generator().manual_seed(seed)
     out = {}
-    for key, shape in reference_shapes(domains, dim=dim, enc=enc, dec=dec).items():
+    for key, shape in reference_shapes(domains, dim=dim, enc=enc, dec=dec, image_size=image_size,
+                                       vocab=vocab).items():
         out[key] = torch.randn(shape, generator=g) * 0.02
         if re.search(r"norm\w*\.bias$", key):
             out[key] = torch.zeros(shape)
     for d in domains:
-        kind, _, side = DOMAINS[d]
+        kind, _, side = domain_size(d, image_size=image_size)
         for prefix in ("encoder_embeddings", "decoder_embeddings"):
             key = f"{prefix}.{d}.pos_emb"
             if key in out and kind in ("pixels", "image_tokens"):
@@ -123,10 +136,10 @@ def reference_state(domains: list[str], *, dim: int, enc: int, dec: int, seed: i
     return out
 
 
-def hf_config(domains: list[str], *, dim: int, enc: int, dec: int) -> dict:
+def hf_config(domains: list[str], *, dim: int, enc: int, dec: int, image_size: int = 224) -> dict:
     """``config.json`` of an ``FM`` (fm.py FM.__init__ reads these keys)."""
     return {"domains_in": domains, "domains_out": [d for d in domains if d not in INPUT_ONLY],
-            "image_size": 224, "patch_size": 16, "dim": dim, "encoder_depth": enc, "decoder_depth": dec,
+            "image_size": image_size, "patch_size": 16, "dim": dim, "encoder_depth": enc, "decoder_depth": dec,
             "num_heads": max(1, dim // 64) if dim >= 64 else 2, "mlp_ratio": 4.0, "qkv_bias": False,
             "proj_bias": False, "mlp_bias": False, "norm_bias": False, "act_layer": "SiLU", "gated_mlp": True,
             "qk_norm": False, "decoder_causal_mask": False, "decoder_sep_mask": True, "num_register_tokens": 0,
