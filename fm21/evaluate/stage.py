@@ -296,8 +296,12 @@ def _random_parts(ctx) -> list[str]:
     what is scored here): their numbers are plumbing, not quality. Random specialists of
     modalities outside the run (the demo's tiny CLIP, say) do not touch the report. And
     the 4M model itself (``4m``) when its checkpoint is tagged ``random_init``, as `fm21
-    import 4m21` tags an import of a release-format folder made from random weights."""
+    import 4m21` tags an import of a release-format folder made from random weights; and
+    a tokenizer with random parts (``tokenizer <modality>``: an import of random weights,
+    or a released DiVAE without decoder tensors)."""
+    from fm21.tokenize.checkpoint import read_tokenizer_config
     from fm21.train.checkpoint import read_checkpoint_config, resolve_latest
+    from fm21.train.released_run import tokenizer_random
 
     meta = label_store.store_metadata(ctx.workdir.labels_uri).get("specialists", {})
     used = {spec.specialist for spec in ctx.specs.values()}
@@ -305,4 +309,8 @@ def _random_parts(ctx) -> list[str]:
     latest = resolve_latest(ctx.workdir.checkpoints_dir)
     if latest is not None and (read_checkpoint_config(latest).get("extra") or {}).get("random_init"):
         parts.append("4m")
+    for name in ctx.specs:
+        folder = ctx.workdir.tokenizers_dir / name
+        if (folder / "config.json").exists() and tokenizer_random(read_tokenizer_config(folder)):
+            parts.append(f"tokenizer {name}")
     return sorted(parts)

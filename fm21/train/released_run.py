@@ -139,7 +139,7 @@ def assemble_run(workdir: str | Path, *, model: str | Path, tokenizers: Mapping[
         "num_parameters": config.get("num_parameters"),
         "modalities": list(specs),
         "tokenizers": {n: {"folder": str(Path(f).resolve()), "fingerprint": tok_configs[n].get("fingerprint"),
-                           "random": _tokenizer_random(tok_configs[n])} for n, f in tokenizers.items()},
+                           "random": tokenizer_random(tok_configs[n])} for n, f in tokenizers.items()},
         # tokenized modalities the model has but no tokenizer was given for: neither
         # readable from files nor decodable (generation names the missing folder)
         "without_tokenizer": [n for n in tokenized if n not in tokenizers],
@@ -152,7 +152,7 @@ def assemble_run(workdir: str | Path, *, model: str | Path, tokenizers: Mapping[
     return record
 
 
-def _tokenizer_random(config: Mapping[str, Any]) -> list[str]:
+def tokenizer_random(config: Mapping[str, Any]) -> list[str]:
     """The random parts of a tokenizer checkpoint (``all`` for a random-init one)."""
     if config.get("random_init"):
         return ["all"]

@@ -114,11 +114,12 @@ def test_the_evaluate_stage_scores_the_import_and_says_it_is_random(run) -> None
 
     _cli(sets, "stage", "evaluate")
     metrics = json.loads((wd.reports_dir / "metrics.json").read_text())
-    assert metrics["random_parts"] == ["4m"] and metrics["checkpoint_step"] == 0
+    # the imported model and the random-init tok_depth tokenizer of the fixture are both named
+    assert metrics["random_parts"] == ["4m", "tokenizer tok_depth"] and metrics["checkpoint_step"] == 0
     depth = metrics["tasks"]["depth"]["scores"]["all"]
     assert {"4m", "tokenizer_bound", "chance"} <= set(depth) and 0 <= depth["4m"]["delta1"] <= 1
     report = (wd.reports_dir / "report.md").read_text()
-    assert "> **random**: 4m ran with random weights" in report
+    assert "> **random**: 4m, tokenizer tok_depth ran with random weights" in report
 
     # the same import again: the same link, no --force needed
     again = CliRunner().invoke(app, ["import", "checkpoint", "--model", str(imported), "--workdir", str(wd.root)])
@@ -170,7 +171,7 @@ def test_fine_tuning_starts_from_the_import_and_resumes_its_own_checkpoint(run, 
 
     _cli(sets, "stage", "evaluate")  # the fine-tuned model: trained, no longer tagged random
     metrics = json.loads((wd.reports_dir / "metrics.json").read_text())
-    assert metrics["checkpoint_step"] == 4 and "4m" not in metrics["random_parts"]
+    assert metrics["checkpoint_step"] == 4 and metrics["random_parts"] == ["tokenizer tok_depth"]
 
     # the run's own checkpoint is not replaced by an import without --force
     refused = CliRunner().invoke(app, ["import", "checkpoint", "--model", str(imported), "--workdir", str(wd.root)])
