@@ -119,3 +119,20 @@ def test_divae_recipes_can_set_the_reference_decoder_layout():
     assert (opts.unet_layout, opts.prediction_type) == ("adm", "v_prediction")
     with pytest.raises(ConfigError, match="prediction_type"):
         load_config(overrides=["tokenizers.image.tok_sam_edge.prediction_type=noise"])
+
+
+@pytest.mark.parametrize("recipe", sorted(p.stem for p in (Path(__file__).resolve().parents[1] / "configs").glob("*.yaml")))
+def test_every_shipped_recipe_loads(recipe):
+    assert load_config(recipe=recipe).workdir
+
+
+def test_demo_long_changes_only_the_training_of_the_demo():
+    """demo-long is the embedded default with longer 4M training and a whole-caption component:
+    every other section is the demo's, and the demo's mixture components come first, unchanged."""
+    demo, long = load_config(), load_config(recipe="demo-long")
+    for section in ("modalities", "ingest", "pseudolabel", "tokenizers", "tokens", "evaluate"):
+        assert getattr(long, section) == getattr(demo, section), section
+    assert long.train.steps > demo.train.steps
+    assert long.train.mixture[:len(demo.train.mixture)] == demo.train.mixture
+    assert long.train.model_copy(update={"steps": demo.train.steps, "mixture": demo.train.mixture,
+                                         "checkpoint_every": demo.train.checkpoint_every}) == demo.train
