@@ -22,10 +22,12 @@ network; every output is tagged ``random``):
 
 Prints a table (times, parameters, output files), then one JSON line with the same figures.
 Peak memory 5.6 GB (building and saving the random state dict; each later step is its own
-process). Measured on the shared 2-core CPU (nice 19, 7 sessions), 2026-11: release 135 s,
-import 4m21 73 s (318.9M parameters, 250 tensors, 88 dropped by rule), import run 16 s,
-generate caption->tok_depth 157 s, rgb->tok_depth,caption 247 s (the caption: 256
-autoregressive steps at random, no EOS drawn); 170 s of CPU in all.
+process). Measured on the 2-core CPU with nothing else running, 2026-11-22: release 7.1 s,
+import 4m21 11.3 s (318.9M parameters, 250 tensors, 88 dropped by rule), import tokenizer
+6.7 / 5.4 s, import run 2.0 s, generate caption->tok_depth 16.4 s, rgb->tok_depth,caption
+20.4 s (the caption stops at its max_seq_len; no EOS is drawn at random). An earlier run on a
+loaded machine (nice 19, 7 sessions) took 73 s to import and 157 / 247 s to generate, the
+caption then running 256 steps.
 """
 
 from __future__ import annotations
