@@ -253,8 +253,8 @@ def run_evaluate(cfg: EvaluateConfig, ctx) -> dict:
             random_scorers |= {n for n, s in scorers.items() if s.is_random}
             for cond in conditions:
                 name = f"{task} from {task_name(specs[cond])}"
-                out = evaluate_rgb(model, rows, train_rows, train_rgb, target=target, condition=cond, tok=tok, truth=truth,
-                                   objects=objects, cfg=cfg, scorers=scorers)
+                out = evaluate_rgb(model, rows, train_rows, train_rgb, target=target, condition=cond, tok=tok,
+                                   truth=truth, objects=objects, cfg=cfg, scorers=scorers)
                 samples[name], kinds[name] = out.pop("grid"), kind
                 results[name] = summarise(kind, out)
         elif kind == "vector":

@@ -226,10 +226,11 @@ def _batches(samples: Iterable[tuple[str, list[Condition]]], batch_size: int
     same layout; a batch is released when full, the rest at the end."""
     pending: dict[tuple, list[tuple[int, str, list[Condition]]]] = {}
     for i, (label, conds) in enumerate(samples):
-        group = pending.setdefault(_layout(conds), [])
+        key = _layout(conds)
+        group = pending.setdefault(key, [])
         group.append((i, label, conds))
         if len(group) >= batch_size:
-            yield pending.pop(_layout(conds))
+            yield pending.pop(key)
     yield from pending.values()
 
 
