@@ -83,6 +83,20 @@ class SyntheticConfig(Strict):
     num_samples: int = 1024
     min_objects: int = Field(2, ge=1, le=7)
     max_objects: int = Field(6, ge=1, le=7)
+    # chance that an object takes one of its shape's typical colours (synthetic.CLASS_COLOURS);
+    # 0: colour independent of shape, the embedded default (docs/evaluation.md, X -> RGB)
+    class_colour: float = Field(0.0, ge=0.0, le=1.0)
+
+    def scene_options(self) -> dict[str, Any]:
+        """``render_scene``'s keyword arguments."""
+        return {"min_objects": self.min_objects, "max_objects": self.max_objects,
+                "class_colour": self.class_colour}
+
+    # added after stores were built: at its default it stays out of the dump, so the
+    # ingest fingerprint (and every store downstream) is unchanged
+    @model_serializer(mode="wrap")
+    def _omit_default_class_colour(self, handler):
+        return {k: v for k, v in handler(self).items() if not (k == "class_colour" and v == 0.0)}
 
 
 class IngestConfig(Strict):

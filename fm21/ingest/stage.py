@@ -82,8 +82,7 @@ def _iter_synthetic(cfg: IngestConfig, *, seed: int) -> Iterator[ShardSample]:
         scene = render_scene(
             seed * SCENE_SEED_STRIDE + index,
             cfg.image_size,
-            min_objects=syn.min_objects,
-            max_objects=syn.max_objects,
+            **syn.scene_options(),
         )
         yield synthetic_sample(scene, key=synthetic_key(seed, index), index=index)
 

@@ -24,6 +24,7 @@ from functools import lru_cache
 import numpy as np
 
 from fm21.ingest.synthetic_shapes import (
+    CLASS_COLOURS,
     COLOR_NAMES,
     FOV_DEG,
     MAX_OBJECTS,
@@ -36,7 +37,7 @@ from fm21.ingest.synthetic_shapes import (
 )
 
 __all__ = [
-    "COLOR_NAMES", "FOV_DEG", "SEMANTIC_CLASSES", "Scene", "SceneObject", "make_caption",
+    "CLASS_COLOURS", "COLOR_NAMES", "FOV_DEG", "SEMANTIC_CLASSES", "Scene", "SceneObject", "make_caption",
     "render_scene",
 ]
 
@@ -80,13 +81,17 @@ class Scene:
 
 
 def render_scene(
-    seed: int, size: int = 64, *, min_objects: int = 2, max_objects: int = 6
+    seed: int, size: int = 64, *, min_objects: int = 2, max_objects: int = 6,
+    class_colour: float = 0.0,
 ) -> Scene:
-    """Render the scene of ``seed`` as a ``size`` x ``size`` image with its ground truth."""
+    """Render the scene of ``seed`` as a ``size`` x ``size`` image with its ground truth;
+    ``class_colour``: the chance that an object takes one of its shape's typical colours
+    (``CLASS_COLOURS``) rather than any colour."""
     if size < 8:
         raise ValueError(f"size must be at least 8 pixels, got {size}")
     rng = np.random.default_rng(seed)
-    layout = sample_layout(rng, min_objects=min_objects, max_objects=max_objects)
+    layout = sample_layout(rng, min_objects=min_objects, max_objects=max_objects,
+                           class_colour=class_colour)
     cam = layout.camera
     t, ids, dirs, inv_len = _cast_primary(layout, size)
     points = cam.position[:, None, None] + t * dirs  # (3, S, S) world hit points
@@ -140,7 +145,9 @@ class Layout:
     centers_cam: tuple[tuple[float, float], ...]  # camera-frame (x, z) of object centres
 
 
-def sample_layout(rng: np.random.Generator, *, min_objects: int, max_objects: int) -> Layout:
+def sample_layout(
+    rng: np.random.Generator, *, min_objects: int, max_objects: int, class_colour: float = 0.0
+) -> Layout:
     """Sample camera, light, textures and objects of one scene from ``rng``."""
     if not 1 <= min_objects <= max_objects <= MAX_OBJECTS:
         raise ValueError(f"need 1 <= min_objects <= max_objects <= {MAX_OBJECTS}, "
@@ -155,7 +162,8 @@ def sample_layout(rng: np.random.Generator, *, min_objects: int, max_objects: in
     wall = Texture(rng.uniform(0.55, 0.8) * rng.uniform(0.8, 1.2, 3),
                    float(rng.uniform(0.8, 2.0)), float(rng.uniform(0.0, 0.04)))
     num = int(rng.integers(min_objects, max_objects + 1))
-    objects, placed = sample_objects(rng, camera, num=num, min_objects=min_objects, wall_z=wall_z)
+    objects, placed = sample_objects(rng, camera, num=num, min_objects=min_objects, wall_z=wall_z,
+                                     class_colour=class_colour)
     prims = tuple(p for p, _, _ in placed)
     centers = np.array([[p.x, p.height / 2, p.z] for p in prims])  # (n, 3)
     cam_xyz = (centers - camera.position) @ camera.basis.T  # (n, 3) camera frame

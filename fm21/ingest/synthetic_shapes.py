@@ -226,6 +226,16 @@ _PALETTE: dict[str, tuple[int, int, int]] = {
     "white": (235, 235, 235),
 }
 COLOR_NAMES: tuple[str, ...] = tuple(_PALETTE)
+# Each shape's typical colours, used with probability ``class_colour`` (default 0: every
+# colour equally likely for every shape). In photos a class predicts its colours (grass is
+# green, sky blue); with independent colours no condition but the image itself tells an
+# object's colour, so X -> RGB cannot beat the mean image under PSNR (docs/evaluation.md).
+CLASS_COLOURS: dict[str, tuple[str, ...]] = {
+    "sphere": ("red", "orange"),
+    "cube": ("blue", "cyan"),
+    "cylinder": ("green", "yellow"),
+    "cone": ("purple", "pink"),
+}
 MAX_OBJECTS = 7  # the most that reliably fit the visible floor without hiding each other
 
 FOV_DEG = 54.0  # field of view of the pinhole camera (square images: vertical = horizontal)
@@ -356,22 +366,25 @@ def _hidden_fraction(
 
 
 def sample_objects(
-    rng: np.random.Generator, camera: Camera, *, num: int, min_objects: int, wall_z: float
+    rng: np.random.Generator, camera: Camera, *, num: int, min_objects: int, wall_z: float,
+    class_colour: float = 0.0,
 ) -> tuple[list[SceneObject], list[tuple[Primitive, tuple, float]]]:
     """Sample and place ``num`` objects, or at least ``min_objects`` when the floor is
     crowded; each (shape, colour) pair occurs at most once so that captions can name
-    objects unambiguously."""
+    objects unambiguously. An object takes one of its shape's ``CLASS_COLOURS`` with
+    probability ``class_colour`` (0 draws no extra random number: scenes are unchanged)."""
     for attempt in range(_MAX_ATTEMPTS):
         # a greedy layout can block itself: start over with smaller objects
         objects, placed = _place_rounds(rng, camera, num=num, wall_z=wall_z,
-                                        large_p=0.4 / (1 + 2 * attempt))
+                                        large_p=0.4 / (1 + 2 * attempt), class_colour=class_colour)
         if len(placed) >= min_objects:
             return objects, placed
     raise RuntimeError(f"could not place {min_objects} objects; lower min_objects")
 
 
 def _place_rounds(
-    rng: np.random.Generator, camera: Camera, *, num: int, wall_z: float, large_p: float
+    rng: np.random.Generator, camera: Camera, *, num: int, wall_z: float, large_p: float,
+    class_colour: float,
 ) -> tuple[list[SceneObject], list[tuple[Primitive, tuple, float]]]:
     """Up to ``_ROUNDS`` batches of random objects, each placed first-fit if it has room."""
     objects: list[SceneObject] = []
@@ -393,6 +406,9 @@ def _place_rounds(
                            tuple(float(v) for v in cand.rects[b, i]), float(cand.depth[b, i])))
             used = {o.color_name for o in objects if o.shape == prim.shape}
             free = [c for c in COLOR_NAMES if c not in used]
+            typical = [c for c in CLASS_COLOURS[prim.shape] if c not in used]
+            if class_colour > 0.0 and typical and rng.random() < class_colour:
+                free = typical
             color = free[rng.integers(len(free))]
             objects.append(SceneObject(
                 prim.shape, color, _PALETTE[color], "shiny" if shiny[b] else "matte",

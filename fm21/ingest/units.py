@@ -89,7 +89,7 @@ def write_synthetic_shard(cfg: dict[str, Any], *, seed: int, index: int, directo
         tar = _tar_writer(stream)
         for i in range(start, stop):
             scene = render_scene(seed * SCENE_SEED_STRIDE + i, icfg.image_size,
-                                 min_objects=syn.min_objects, max_objects=syn.max_objects)
+                                 **syn.scene_options())
             tar.write(synthetic_sample(scene, key=synthetic_key(seed, i), index=i).as_wds())
             crash_point("ingest.in_shard")
         tar.close()  # the tar's end blocks; the stream is closed (committed) by open_atomic

@@ -79,6 +79,11 @@ def test_summarise_picks_the_strongest_baseline_and_the_gap():
     res = summarise("boxes", {"scores": scores, "baselines": ["a", "b"]})
     assert res["strongest_baseline"] == {"all": "b"} and res["gap_closed"]["all"] == pytest.approx(1 / 3)
     assert res["beats_strongest_baseline"] and res["kind"] == "boxes"
+    # chance is image-blind too: when it beats every fixed prediction it is the bar
+    scores["all"]["chance"] = {"map_50": 0.7}
+    res = summarise("boxes", {"scores": scores, "baselines": ["a", "b"]})
+    assert res["strongest_baseline"] == {"all": "chance"} and not res["beats_strongest_baseline"]
+    assert res["gap_closed"]["all"] == pytest.approx(-1 / 3)
 
 
 def test_tasks_follow_the_registry_and_skip_untrained_targets():

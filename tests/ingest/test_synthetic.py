@@ -8,7 +8,9 @@ import re
 import numpy as np
 import pytest
 
+from fm21.config import SyntheticConfig
 from fm21.ingest.synthetic import (
+    CLASS_COLOURS,
     COLOR_NAMES,
     FOV_DEG,
     SEMANTIC_CLASSES,
@@ -248,3 +250,35 @@ def test_caption_relations_follow_the_geometry() -> None:
     caption = make_caption(np.random.default_rng(0), layout[:2])
     assert "green" not in caption and "cone" not in caption
     assert "red" in caption and "blue cube" in caption
+
+
+def test_class_colour_ties_colours_to_shapes_and_zero_changes_nothing() -> None:
+    default = render_scene(11, 32)
+    zero = render_scene(11, 32, class_colour=0.0)
+    assert np.array_equal(default.rgb, zero.rgb) and default.objects == zero.objects
+    # always typical where the shape's typical colours are not yet taken in the scene
+    typical = untypical = 0
+    for seed in range(40):
+        seen: dict[str, set[str]] = {}
+        for obj in render_scene(seed, 32, class_colour=1.0).objects:
+            free = set(CLASS_COLOURS[obj.shape]) - seen.setdefault(obj.shape, set())
+            if free:
+                assert obj.color_name in free, (seed, obj)
+            typical += obj.color_name in CLASS_COLOURS[obj.shape]
+            untypical += obj.color_name not in CLASS_COLOURS[obj.shape]
+            seen[obj.shape].add(obj.color_name)
+    assert typical > 5 * untypical
+    # the default scenes: about 2 of 10 colours are a shape's typical ones
+    typical_share = np.mean([o.color_name in CLASS_COLOURS[o.shape]
+                             for s in range(40) for o in render_scene(s, 32).objects])
+    assert typical_share < 0.4
+
+
+def test_class_colour_stays_out_of_the_config_dump_at_its_default() -> None:
+    # stores built before the option keep their ingest fingerprint
+    assert "class_colour" not in SyntheticConfig().model_dump()
+    assert SyntheticConfig(class_colour=0.8).model_dump()["class_colour"] == 0.8
+    assert SyntheticConfig(class_colour=0.8).scene_options() == {
+        "min_objects": 2, "max_objects": 6, "class_colour": 0.8}
+    with pytest.raises(ValueError, match="class_colour"):
+        SyntheticConfig(class_colour=1.5)
