@@ -222,7 +222,8 @@ def format_stats(stats: dict[str, Any]) -> str:
     ]
     if "lance" in stats:
         lines.append(_lance_line(stats["lance"]))
-    lines += ["", f"{'modality':16s} {'kind':14s} {'coverage':>8s} {'tokens':>9s} {'usage':>7s} {'perplexity':>10s} "
+    w = max([16, *(len(n) for n in stats["modalities"])])  # names line up whatever their length
+    lines += ["", f"{'modality':{w}s} {'kind':14s} {'coverage':>8s} {'tokens':>9s} {'usage':>7s} {'perplexity':>10s} "
               f"{'dead':>6s} {'len':>9s} {'min/med/p95/max':>16s} {'bytes/row':>10s}"]
     for name, e in stats["modalities"].items():
         usage = f"{e['usage']:.1%}" if "usage" in e else "-"
@@ -231,7 +232,7 @@ def format_stats(stats: dict[str, Any]) -> str:
         q = e.get("seq_len")
         dist = f"{q['min']}/{q['median']}/{q['p95']}/{q['max']}" if q else "-"
         per_row = f"{e['bytes_per_row']:,.1f}" if e.get("bytes_per_row") is not None else "-"
-        lines.append(f"{name:16s} {e['kind']:14s} {e['coverage']:8.1%} {e.get('tokens', '-'):>9} {usage:>7s} "
+        lines.append(f"{name:{w}s} {e['kind']:14s} {e['coverage']:8.1%} {e.get('tokens', '-'):>9} {usage:>7s} "
                      f"{ppl:>10s} {e.get('dead_codes', '-'):>6} {length:>9s} {dist:>16s} {per_row:>10s}")
     if "bytes_source" in stats:
         lines += ["", f"usage = codes used / vocab; dead = vocab - codes used; len = non-pad tokens (mean/max); "
