@@ -110,7 +110,7 @@ def bar_file(task: str) -> str:
 def sample_grid(rgb: np.ndarray, keys: list[str], samples: dict[str, dict[str, np.ndarray]], path: Path,
                 kinds: dict[str, str]) -> None:
     """samples.png: a row per held-out sample (its key on the left), a labelled column per
-    (task, truth / 4M / prior / bound) after the RGB input, coloured by label kind."""
+    (task, truth / 4M / baseline / bound) after the RGB input, coloured by label kind."""
     columns = ["RGB\ninput"] + [f"{task}\n{part}" for task, s in samples.items() for part in s]
     rows = []
     for i in range(len(rgb)):
@@ -179,7 +179,7 @@ def write_report(out: Path, summary: dict, *, rgb: np.ndarray, keys: list[str],
         *details,
         "",
         *(["![samples](samples.png)  \nEach row: a held-out sample (key on the left), its RGB input, then per task "
-           "the truth, the 4M prediction, the strongest image-blind prior and the tokenizer bound.", ""]
+           "the truth, the 4M prediction, the strongest image-blind baseline and the tokenizer bound.", ""]
           if samples else []),
     ])
     (out / "report.md").write_text(text)

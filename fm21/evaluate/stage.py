@@ -11,11 +11,11 @@ For each task the trained 4M model generates the target's tokens from RGB pixels
 (MaskGIT or ROAR), the task's tokenizer decodes them, and the result is scored against
 the ground-truth labels of held-out samples beside:
 - the tokenizer-only bound: ground truth -> tokens -> decode (what a perfect 4M could reach);
-- image-blind baselines (``fm21.evaluate.baselines``), the strongest being the per-pixel
-  prior of the training split; the verdict compares 4M with the strongest of them.
+- image-blind baselines (``fm21.evaluate.baselines``: the per-pixel prior of the training
+  split and the like) and chance, the label of a random training sample; the verdict
+  compares 4M with the strongest of them.
 Every prediction is scored on all pixels and on object pixels only (instance id != 0),
-and the report gives the fraction of the prior-to-bound gap 4M closes in both. Every
-task also scores chance: the label of a random training sample.
+and the report gives the fraction of the baseline-to-bound gap 4M closes in both.
 """
 
 from __future__ import annotations
@@ -184,8 +184,8 @@ def _dense_task(task: str, spec: ModalitySpec, model, rows, cfg, ctx, *, keys, t
                         num_classes=int(spec.num_channels), classes=classes)
     if classes is not None:
         result["object_classes"] = classes.tolist()
-    n, prior = cfg.num_grid_samples, result["strongest_baseline"]["all"]
-    grid = {"truth": truth[:n], "4M": predictions["4m"][:n], "prior": predictions[prior][:n],
+    n, baseline = cfg.num_grid_samples, result["strongest_baseline"]["all"]
+    grid = {"truth": truth[:n], "4M": predictions["4m"][:n], "baseline": predictions[baseline][:n],
             "bound": predictions["tokenizer_bound"][:n]}
     return result, grid
 
