@@ -165,8 +165,8 @@ def write_report(out: Path, summary: dict, *, rgb: np.ndarray, keys: list[str],
         tag,
         "Image-blind baselines never see the evaluated image; the per-pixel prior (mean map or majority class of "
         "the training split) is the strongest of them on these scenes. *Chance* is the label of a random training "
-        "sample (k / N for retrieval), image-blind too: where it scores higher (boxes), it is the verdict's "
-        "baseline. *Gap closed* = (4M − baseline) / (bound − baseline) on the headline "
+        "sample (k / N for retrieval), image-blind too: where it scores highest (boxes, class maps), it is the "
+        "verdict's baseline. *Gap closed* = (4M − baseline) / (bound − baseline) on the headline "
         "metric: 0 % is the baseline, 100 % the tokenizer bound.",
         "",
         *verdict_table(summary, kinds),
