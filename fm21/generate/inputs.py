@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from fm21.generate.run import GenerateError, TrainedRun
+from fm21.generate.run import MAP_KINDS, GenerateError, TrainedRun
 from fm21.modalities import ModalitySpec
 from fm21.tokenize.crops import Crop, apply_crop
 from fm21.tokenize.serialize import METADATA_BY_NAME, serialize_color_palette, serialize_det, serialize_metadata
@@ -276,7 +276,9 @@ def stored_condition(run: TrainedRun, name: str, value: Any, *, source: str) -> 
         return pixels_condition(spec, np.asarray(value, dtype=np.uint8).reshape(r, r, 3), source=source)
     if spec.is_image_like:
         ids = torch.as_tensor(np.asarray(value, dtype=np.int64))[None]
-        return Condition(name, ids, source)
+        # the grid shows what the stored ids decode to, not the row they came from
+        labels = run.decode_map(name, ids) if spec.kind in MAP_KINDS else None
+        return Condition(name, ids, source, labels=labels)
     if spec.kind == "sequence":
         ids = [int(i) for i in value]
         return Condition(name, sequence_tensor(ids, spec), source, text=run.text.decode(ids))

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageFont
 
-from fm21.generate.run import TrainedRun
+from fm21.generate.run import MAP_KINDS, TrainedRun
 from fm21.tokenize.grid import labels_to_rgb, save_grid, semseg_palette
 from fm21.tokenize.serialize import parse_color_palette, parse_det, parse_metadata
 from fm21.tokenize.serialize_instances import parse_human_poses, parse_sam_instance
@@ -62,8 +62,8 @@ def decode_output(run: TrainedRun, name: str, tensor: torch.Tensor, out_dir: Pat
     """Decode a generated ``(1, ...)`` tensor of ``name`` and write its files."""
     spec = run.specs[name]
     out = Output(name)
-    if spec.kind in ("image_tokens", "feature_tokens"):
-        labels = run.tokenizer(name).decode_labels(tensor.numpy())[0]
+    if spec.kind in MAP_KINDS:
+        labels = run.decode_map(name, tensor)
         out.labels = labels
         out.files += [_save_npy(out_dir / f"{name}.npy", labels), _save_map_png(out_dir / f"{name}.png",
                                                                                 spec.label_kind, labels)]

@@ -10,6 +10,7 @@ from fm21.store.fs import Location
 from fm21.store.layout import Workdir
 from fm21.train.checkpoint import load_checkpoint, resolve_latest
 
+MAP_KINDS = ("image_tokens", "feature_tokens")  # token kinds that decode to a label map
 TEXT_DIR = "text"  # tokenizers/<TEXT_DIR>: the shared WordPiece tokenizer (fm21.tokenize.stage)
 
 
@@ -54,6 +55,13 @@ class TrainedRun:
                 raise GenerateError(f"no tokenizer for {name} at {folder}; run the tokenizers stage")
             self._tokenizers[name] = load_tokenizer(folder)
         return self._tokenizers[name]
+
+    def decode_map(self, name: str, ids: Any) -> Any:
+        """The label map a ``(1, N)`` grid of ``name`` token ids decodes to (what a grid
+        tile shows of it), for the kinds whose tokens decode to a map."""
+        if self.spec(name).kind not in MAP_KINDS:
+            raise GenerateError(f"{name}: its tokens do not decode to a map")
+        return self.tokenizer(name).decode_labels(ids.numpy() if hasattr(ids, "numpy") else ids)[0]
 
     @property
     def text(self) -> Any:

@@ -116,3 +116,20 @@ def test_a_target_must_be_generable_and_new(tiny, tmp_path):
         generate_sample(run, conds, ["rgb"], Settings(), tmp_path)
     with pytest.raises(GenerateError, match="both a condition and a target"):
         generate_sample(run, conds, ["caption"], Settings(), tmp_path)
+
+
+def test_a_stored_token_grid_condition_shows_its_decoded_map(tiny, tmp_path):
+    """A condition read from tokens.lance is drawn as the map its ids decode to (not as
+    the row's name), in the grid as in a file-given condition."""
+    from fm21.generate.driver import store_rows
+    from fm21.generate.inputs import stored_condition
+
+    work, _, run = tiny
+    row = next(store_rows(run, ["tok_depth"], where=None, limit=1))
+    cond = stored_condition(run, "tok_depth", row["tok_depth"], source="tokens:x/0")
+    expected = run.tokenizer("tok_depth").decode_labels(np.asarray(row["tok_depth"], dtype=np.int64)[None])[0]
+    np.testing.assert_array_equal(cond.labels, expected)
+    from fm21.generate.outputs import map_tile, tile_of
+
+    tile = tile_of("depth", labels=cond.labels, text=cond.source, parsed=None, background=None)
+    np.testing.assert_array_equal(tile, map_tile("depth", expected))  # drawn as a depth map
