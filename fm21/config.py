@@ -625,6 +625,11 @@ class EvaluateConfig(Strict):
     # beside the single sample (docs/evaluation.md)
     rgb_samples: int = Field(1, ge=1)
     rgb_temperature: float = Field(1.0, gt=0)
+    # RGB -> caption: K > 1 also samples K captions per image (at `caption_temperature`):
+    # how often they name each class and colour is 4M's posterior of that mention; its
+    # per-word AUC against the scene and its F1 decision are rows (docs/evaluation.md)
+    caption_samples: int = Field(1, ge=1)
+    caption_temperature: float = Field(1.0, gt=0)
     # Retrieval (the tasks of label kind vector: tok_dinov2_global, tok_imagebind_global):
     # the target is generated from each of these conditions, decoded to an embedding and
     # searched among the evaluation samples' true embeddings

@@ -177,4 +177,6 @@ def test_evaluation_covers_every_trained_task_kind(build):
         assert row in report, row
     assert "## Retrieval" in report and "true embedding" in report
     assert 0 < manifests["evaluate"]["counts"]["num_samples"] <= cfg.evaluate.num_samples  # the held-out rows
-    assert metrics  # the JSON behind the report
+    caption = metrics["tasks"]["caption"]["scores"]["all"]
+    assert 0 <= caption["4m, words of 2 samples"]["object_auc"] <= 1  # the caption posterior rows
+    assert caption["most frequent words"]["colour_auc"] == 0.5  # image-blind: 0.5 by construction

@@ -129,7 +129,7 @@ def headline_of(result: dict, kind: str) -> tuple[str, int]:
 DIRECTION = {"delta1": +1, "abs_rel": -1, "mean_angle": -1, "median_angle": -1, "within_11.25": +1,
              "miou": +1, "pixel_acc": +1, "map_50": +1, "mean_boxes": 0, "recall": +1, "object_recall": +1,
              "colour_recall": +1, "object_precision": +1, "colour_precision": +1, "f1": +1, "object_f1": +1,
-             "colour_f1": +1, "psnr": +1, "mae": -1,
+             "colour_f1": +1, "object_auc": +1, "colour_auc": +1, "psnr": +1, "mae": -1,
              "recall@1": +1, "recall@5": +1, "recall@10": +1, "cosine": +1,
              "dinov2_distance": -1, "clip_distance": -1}
 
@@ -200,6 +200,28 @@ def caption_recall(captions: list[str], objects: list[set[str]], colours: list[s
     out = {k: float(np.nanmean(v)) if np.isfinite(v).any() else float("nan") for k, v in per.items()}
     return {"f1": (out["object_f1"] + out["colour_f1"]) / 2,
             "recall": (out["object_recall"] + out["colour_recall"]) / 2, **out}
+
+
+def mentions(captions: list[str], vocab: list[str]) -> np.ndarray:
+    """(N, V) 1.0 where caption n names vocab word v."""
+    named = [set(_WORD.findall(text.lower())) for text in captions]
+    return np.array([[w in words for w in vocab] for words in named], dtype=np.float64).reshape(len(captions), -1)
+
+
+def mention_auc(scores: np.ndarray, present: np.ndarray) -> float:
+    """How far a caption's mentions depend on the image: per vocab word, the ROC AUC of
+    ``scores`` (N, V: mention, or the share of K sampled captions naming it) against
+    ``present`` (N, V: the word is true of image n), averaged over the words that are
+    present in some images and absent in others. Any image-blind predictor scores the
+    same on every image, so 0.5; the truth 1.0. ROC AUC by torchmetrics."""
+    import torch
+    from torchmetrics.functional.classification import binary_auroc
+
+    present = np.asarray(present, dtype=bool)
+    aucs = [float(binary_auroc(torch.as_tensor(scores[:, v], dtype=torch.float32),
+                               torch.as_tensor(present[:, v], dtype=torch.long)))
+            for v in range(present.shape[1]) if 0 < present[:, v].sum() < len(present)]
+    return float(np.mean(aucs)) if aucs else float("nan")
 
 
 # ------------------------------------------------------------------------------ rgb

@@ -142,6 +142,10 @@ def write_report(out: Path, summary: dict, *, rgb: np.ndarray, keys: list[str],
     details: list[str] = []
     for task, res in summary["tasks"].items():
         details += ["", f"### {task}", "", f"![{task}]({bar_file(task)})", "", *detail_table(task, res)]
+        if any("object_auc" in m for scope in res["scores"].values() for m in scope.values()):
+            details.append("\n*object_auc*, *colour_auc*: per class or colour word, the ROC AUC of the mentions "
+                           "(or of the share of K sampled captions naming it) against the scene, averaged over the "
+                           "words. Anything image-blind scores 0.5, the truth 1.0 (docs/evaluation.md).")
         if "object_classes" in res:
             details.append(f"\nObject-pixel mIoU averages the object classes {res['object_classes']} "
                            "(classes whose training pixels lie mostly on instances).")

@@ -23,7 +23,7 @@ from collections import Counter
 import numpy as np
 
 from fm21.evaluate.conditioning import generate_ids, until_eos
-from fm21.evaluate.metrics import HEADLINE, caption_recall, detection_map
+from fm21.evaluate.metrics import HEADLINE, caption_recall, detection_map, mention_auc, mentions
 from fm21.tokenize.serialize import parse_det
 
 MAX_SEARCH = 256  # training captions tried (and scored on) for the best constant caption
@@ -119,6 +119,46 @@ def best_word_set(truth: list[tuple[set[str], set[str]]], *, object_vocab: set[s
     return " ".join(words)
 
 
+def samples_name(k: int) -> str:
+    return f"4m, words of {k} samples"
+
+
+def sampled_mentions(model, rows, *, source: str, target: str, text_tok, vocab: list[str], cfg) -> np.ndarray:
+    """(N, V): the share of ``cfg.caption_samples`` captions per row (seeds seed+1..seed+K,
+    at ``cfg.caption_temperature``) that name each vocab word: 4M's posterior of a mention."""
+    k = cfg.caption_samples
+    total = np.zeros((len(rows), len(vocab)))
+    for i in range(k):
+        run = cfg.model_copy(update={"seed": cfg.seed + 1 + i, "temperature": cfg.caption_temperature})
+        total += mentions(_texts(text_tok, generate_ids(model, rows, [source], target, run)), vocab)
+    return total / k
+
+
+def posterior_word_sets(train_freq: np.ndarray, train_truth: list[tuple[set[str], set[str]]],
+                        freq: np.ndarray, *, object_vocab: set[str], colour_vocab: set[str],
+                        vocab: list[str], k: int) -> list[str]:
+    """The F1 decision from 4M's mention posterior: per image, the words that at least a
+    share tau of its K samples name, tau (objects and colours each) the one that maximises
+    the training rows' F1 -- the rule that picks the constant word set, applied to the
+    posterior instead of the prior."""
+    keep = np.zeros(len(vocab), dtype=bool)
+    thresholds = np.zeros(len(vocab))
+    for part, part_vocab in ((0, object_vocab), (1, colour_vocab)):
+        cols = np.array([w in part_vocab for w in vocab])
+        name = ("object_f1", "colour_f1")[part]
+
+        def f1(tau: float, cols=cols, part=part, name=name) -> float:
+            texts = [" ".join(w for w, c, f in zip(vocab, cols, row) if c and f >= tau) for row in train_freq]
+            objs = [t[0] if part == 0 else set() for t in train_truth]
+            colours = [t[1] if part == 1 else set() for t in train_truth]
+            return caption_recall(texts, objs, colours, object_vocab=object_vocab, colour_vocab=colour_vocab)[name]
+
+        taus = [(j + 1) / k for j in range(k)]
+        thresholds[cols] = max(taus, key=lambda t: np.nan_to_num(f1(t), nan=-1.0))
+        keep |= cols
+    return [" ".join(w for w, f, t, c in zip(vocab, row, thresholds, keep) if c and f >= t) for row in freq]
+
+
 def evaluate_caption(model, rows, train_rows, *, target: str, source: str, text_tok, shard_paths, cfg) -> dict:
     """Per-predictor metrics of RGB -> caption, or {"skipped": reason} without synthetic truth."""
     from fm21.ingest.synthetic import COLOR_NAMES, SEMANTIC_CLASSES
@@ -153,6 +193,22 @@ def evaluate_caption(model, rows, train_rows, *, target: str, source: str, text_
     texts = {n: _texts(text_tok, s) for n, s in seqs.items()}
     texts["most frequent words"] = [word_set] * len(rows)
     texts["chance"] = _texts(text_tok, _chance(train, len(rows), cfg.seed))
-    return {"scores": {"all": {n: score(t, keys) for n, t in texts.items()}},
+    words = sorted(vocab["object_vocab"]) + sorted(vocab["colour_vocab"])
+    posteriors = {n: mentions(t, words) for n, t in texts.items()}
+    if cfg.caption_samples > 1:  # 4M's posterior of each mention, and its F1 decision
+        fit_rows = [r for r in train_rows if r["key"] in truth][:len(rows)]
+        sampled = lambda rs: sampled_mentions(model, rs, source=source, target=target, text_tok=text_tok,  # noqa: E731
+                                              vocab=words, cfg=cfg)
+        name = samples_name(cfg.caption_samples)
+        posteriors[name] = sampled(rows)
+        texts[name] = posterior_word_sets(sampled(fit_rows), [truth[r["key"]] for r in fit_rows], posteriors[name],
+                                          vocab=words, k=cfg.caption_samples, **vocab)
+    scores = {n: score(t, keys) for n, t in texts.items()}
+    for n, post in posteriors.items():  # does a mention depend on the image? (0.5: no)
+        for part, vocab_part in ((0, "object_vocab"), (1, "colour_vocab")):
+            cols = [j for j, w in enumerate(words) if w in vocab[vocab_part]]
+            present = np.array([[words[j] in truth[k][part] for j in cols] for k in keys])
+            scores[n][("object_auc", "colour_auc")[part]] = mention_auc(post[:, cols], present)
+    return {"scores": {"all": scores},
             "baselines": ["most frequent caption", "best training caption", "most frequent words"],
             "examples": {n: t[:cfg.num_grid_samples] for n, t in texts.items()}}

@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 
 from fm21.config import EVALUABLE_LABEL_KINDS, EvaluateConfig
-from fm21.evaluate.metrics import HEADLINE, caption_recall, detection_map, recall_at_k, rgb_metrics
+from fm21.evaluate.metrics import HEADLINE, caption_recall, detection_map, mention_auc, mentions, recall_at_k, rgb_metrics
 from fm21.evaluate.retrieval import chance
-from fm21.evaluate.sequence_tasks import best_word_set
+from fm21.evaluate.sequence_tasks import best_word_set, posterior_word_sets
 from fm21.evaluate.stage import plan_tasks, summarise
 from fm21.modalities import resolve_specs
 
@@ -57,6 +57,31 @@ def test_best_word_set_is_the_f1_optimal_frequent_words():
     assert f1 > everything["f1"] and everything["recall"] == 1.0
 
 
+def test_mention_auc_is_half_for_any_image_blind_caption():
+    words = ["cube", "sphere", "red", "blue"]
+    present = np.array([[1, 0, 1, 0], [0, 1, 0, 1], [1, 1, 1, 0], [0, 0, 0, 1]], dtype=bool)
+    truth_text = [" ".join(w for w, p in zip(words, row) if p) for row in present]
+    assert mention_auc(mentions(truth_text, words), present) == pytest.approx(1.0)
+    assert mention_auc(mentions(["a red cube"] * 4, words), present) == pytest.approx(0.5)  # a constant
+    # K-sample shares: cube named 3/4 where true, 1/4 where not -> AUC 1; blue reversed -> 0
+    shares = np.array([[.75, .5, .5, .25], [.25, .5, .5, .75], [.75, .5, .5, .25], [.25, .5, .5, .75]])
+    shares[:, 3] = 1 - shares[:, 3]
+    assert mention_auc(shares, present) == pytest.approx((1 + 0.5 + 0.5 + 0) / 4)
+
+
+def test_posterior_word_sets_take_the_training_f1_threshold():
+    vocab = {"object_vocab": {"cube", "sphere"}, "colour_vocab": {"red", "blue"}}
+    words = ["cube", "sphere", "blue", "red"]
+    truth = [({"cube"}, {"red"}), ({"sphere"}, {"blue"}), ({"cube", "sphere"}, {"red"}), ({"cube"}, {"blue"})]
+    # an informed posterior: true words named by 3 of 4 samples, false ones by 1 of 4
+    freq = np.array([[(w in t[0] | t[1]) * 0.5 + 0.25 for w in words] for t in truth])
+    sets = posterior_word_sets(freq, truth, freq, vocab=words, k=4, **vocab)
+    assert sets == ["cube red", "sphere blue", "cube sphere red", "cube blue"]  # tau between 1/4 and 3/4
+    # a blind posterior (the same shares on every image) decides like the constant word set
+    blind = np.tile(freq.mean(axis=0), (4, 1))
+    assert len(set(posterior_word_sets(blind, truth, blind, vocab=words, k=4, **vocab))) == 1
+
+
 def test_rgb_psnr_and_recall_at_k():
     true = np.zeros((1, 2, 2, 3), np.uint8)
     pred = np.full((1, 2, 2, 3), 255.0)
@@ -98,3 +123,24 @@ def test_tasks_follow_the_registry_and_skip_untrained_targets():
     assert set(skipped) == {"caption", "dinov2_global"} and "did not train" in skipped["caption"]
     run_all, _ = plan_tasks(None, specs)  # default: every evaluable target of the run
     assert list(run_all) == ["tok_depth", "det"]
+
+
+def test_sampled_mentions_share_k_seeded_captions_at_the_caption_temperature(monkeypatch):
+    from fm21.evaluate import sequence_tasks
+
+    calls = []
+
+    def fake_generate(model, rows, conditions, target, cfg):  # seed 4 names red, the others cube
+        calls.append((cfg.seed, cfg.temperature))
+        return [[1 if cfg.seed == 4 else 2] for _ in rows]
+
+    class Text:
+        def decode(self, ids):
+            return {1: "a red thing", 2: "a cube"}[ids[0]]
+
+    monkeypatch.setattr(sequence_tasks, "generate_ids", fake_generate)
+    cfg = EvaluateConfig(seed=2, temperature=0.01, caption_samples=4, caption_temperature=0.7)
+    freq = sequence_tasks.sampled_mentions(None, [{}, {}], source="rgb", target="caption", text_tok=Text(),
+                                           vocab=["cube", "red"], cfg=cfg)
+    assert calls == [(3, 0.7), (4, 0.7), (5, 0.7), (6, 0.7)]  # seeds after the single sample's
+    np.testing.assert_allclose(freq, [[0.75, 0.25], [0.75, 0.25]])
