@@ -14,6 +14,15 @@ from fm21.store import fs
 from fm21.tokenize.grid import labels_to_rgb, save_grid
 
 ARROW = {+1: "↑", -1: "↓"}
+# What a metric that is not self-explanatory measures, printed under a table that has it
+METRIC_NOTES = {
+    "object_auc": "*object_auc*, *colour_auc*: per class or colour word, the ROC AUC of the mentions (or of the "
+                  "share of K sampled captions naming it) against the scene, averaged over the words. Anything "
+                  "image-blind scores 0.5, the truth 1.0 (docs/evaluation.md).",
+    "structure_auc": "*structure_auc*: over pairs of evaluated scenes, how often a generated image is closer to its "
+                     "own scene than to the other (grey-level gradient magnitude: edges, not colours). Anything "
+                     "image-blind scores 0.5, the truth 1.0 (docs/evaluation.md).",
+}
 SCOPE_NAME = {"all": "all pixels", "objects": "object pixels"}
 GAP_TARGET = 0.5  # the share of the prior-to-bound gap a model that learned must close
 
@@ -142,10 +151,8 @@ def write_report(out: Path, summary: dict, *, rgb: np.ndarray, keys: list[str],
     details: list[str] = []
     for task, res in summary["tasks"].items():
         details += ["", f"### {task}", "", f"![{task}]({bar_file(task)})", "", *detail_table(task, res)]
-        if any("object_auc" in m for scope in res["scores"].values() for m in scope.values()):
-            details.append("\n*object_auc*, *colour_auc*: per class or colour word, the ROC AUC of the mentions "
-                           "(or of the share of K sampled captions naming it) against the scene, averaged over the "
-                           "words. Anything image-blind scores 0.5, the truth 1.0 (docs/evaluation.md).")
+        reported = {m for scope in res["scores"].values() for p in scope.values() for m in p}
+        details += [f"\n{note}" for metric, note in METRIC_NOTES.items() if metric in reported]
         if "object_classes" in res:
             details.append(f"\nObject-pixel mIoU averages the object classes {res['object_classes']} "
                            "(classes whose training pixels lie mostly on instances).")

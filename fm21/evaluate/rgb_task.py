@@ -20,7 +20,7 @@ from __future__ import annotations
 import numpy as np
 
 from fm21.evaluate.conditioning import generate_ids
-from fm21.evaluate.metrics import rgb_metrics
+from fm21.evaluate.metrics import rgb_metrics, structure_auc
 from fm21.evaluate.rgb_features import feature_distances, headline
 from fm21.modalities import ModalitySpec
 
@@ -87,6 +87,8 @@ def evaluate_rgb(model, rows, train_rows, train_rgb: np.ndarray, *, target: str,
     for scope, mask in (("all", None), ("objects", objects)):
         for n, dist in feature_distances(scorers, preds, truth, mask).items():
             scores[scope][n].update(dist)
+    for n, p in preds.items():  # does the generation follow its own scene? (0.5: no)
+        scores["all"][n]["structure_auc"] = structure_auc(p, truth)
     random = [f"{name}_distance" for name, spec in scorers.items() if spec.is_random]
     return {"scores": scores,
             "baselines": ["mean training image"],

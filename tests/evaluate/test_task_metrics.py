@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 
 from fm21.config import EVALUABLE_LABEL_KINDS, EvaluateConfig
-from fm21.evaluate.metrics import HEADLINE, caption_recall, detection_map, mention_auc, mentions, recall_at_k, rgb_metrics
+from fm21.evaluate.metrics import (HEADLINE, caption_recall, detection_map, mention_auc, mentions, recall_at_k,
+                                  rgb_metrics, structure_auc)
 from fm21.evaluate.retrieval import chance
 from fm21.evaluate.sequence_tasks import best_word_set, posterior_word_sets
 from fm21.evaluate.stage import plan_tasks, summarise
@@ -80,6 +81,20 @@ def test_posterior_word_sets_take_the_training_f1_threshold():
     # a blind posterior (the same shares on every image) decides like the constant word set
     blind = np.tile(freq.mean(axis=0), (4, 1))
     assert len(set(posterior_word_sets(blind, truth, blind, vocab=words, k=4, **vocab))) == 1
+
+
+def test_structure_auc_follows_edges_not_colours_and_is_half_when_image_blind():
+    rng = np.random.default_rng(0)
+    scenes = np.zeros((8, 16, 16, 3))
+    for i, scene in enumerate(scenes):  # one box per scene, at its own place, on a random colour
+        scene[:] = rng.integers(0, 256, 3)
+        y, x = rng.integers(0, 10, 2)
+        scene[y:y + 6, x:x + 6] = rng.integers(0, 256, 3)
+    assert structure_auc(scenes, scenes) == pytest.approx(1.0)
+    recoloured = 255 - scenes[..., ::-1]  # other colours, the same edges
+    assert structure_auc(recoloured, scenes) == pytest.approx(1.0)
+    assert structure_auc(np.broadcast_to(scenes.mean(0), scenes.shape), scenes) == pytest.approx(0.5)
+    assert structure_auc(np.roll(scenes, 1, axis=0), scenes) < 0.5  # each image is another scene's
 
 
 def test_rgb_psnr_and_recall_at_k():
