@@ -475,6 +475,7 @@ def import_checkpoint_cmd(
 @app.command(epilog="Examples:\n\n\b\n"
              "  fm21 generate --cond rgb=img.png --target tok_depth --target caption --out gen\n"
              "  fm21 generate --cond caption='a red cube' --cond metadata='brightness=120' --target tok_semseg\n"
+             "  fm21 generate --cond tok_depth=depth.png --preset x2rgb --target tok_rgb --out gen\n"
              "  fm21 generate --batch-dir photos --target tok_depth --out gen\n"
              "  fm21 generate --from-store --where \"split = 'val'\" --limit 4 --cond rgb --target tok_normal\n"
              "  fm21 generate --serve --port 8800   (then open http://127.0.0.1:8800)")
@@ -485,12 +486,16 @@ def generate(
     target: Annotated[Optional[list[str]], typer.Option(
         "--target", help="modality to generate; repeat: generated in order, each conditioning the next")] = None,
     out: Annotated[str, typer.Option("--out", help="output folder")] = "generated",
-    scheme: Annotated[str, typer.Option("--scheme", help="grid decoding: maskgit | roar")] = "maskgit",
-    steps: Annotated[int, typer.Option("--steps", help="decoding steps per grid target")] = 8,
-    temperature: Annotated[float, typer.Option("--temperature", help="sampling temperature (0: greedy)")] = 1.0,
+    preset: Annotated[Optional[str], typer.Option(
+        "--preset", help="the reference's decoding per target: rgb2x | x2rgb | t2cr (instead of the five below; "
+                         "targets in the preset's order, all of its chain when no --target)")] = None,
+    scheme: Annotated[Optional[str], typer.Option("--scheme", help="grid decoding: maskgit | roar [maskgit]")] = None,
+    steps: Annotated[Optional[int], typer.Option("--steps", help="decoding steps per grid target [8]")] = None,
+    temperature: Annotated[Optional[float], typer.Option(
+        "--temperature", help="sampling temperature (0: greedy) [1.0]")] = None,
     top_k: Annotated[Optional[float], typer.Option("--top-k", help="keep the k best ids (< 1: a fraction)")] = None,
     top_p: Annotated[Optional[float], typer.Option("--top-p", help="nucleus sampling mass")] = None,
-    cfg: Annotated[float, typer.Option("--cfg", help="classifier-free guidance scale (1: none)")] = 1.0,
+    cfg: Annotated[Optional[float], typer.Option("--cfg", help="classifier-free guidance scale (1: none) [1.0]")] = None,
     seed: Annotated[int, typer.Option("--seed", help="sampling seed")] = 0,
     batch_dir: Annotated[Optional[str], typer.Option(
         "--batch-dir", help="every image in this folder as the rgb condition")] = None,
@@ -516,8 +521,18 @@ def generate(
         typer.echo(f"fm21 generate: http://127.0.0.1:{port} (Ctrl-C stops)")
         serve_generation_page(run, port=port)
         return
-    settings = driver.Settings(scheme=scheme, num_steps=steps, temperature=temperature,
-                               top_k=driver.top_k_value(top_k), top_p=top_p, cfg_scale=cfg, seed=seed)
+    decoding = {"--scheme": scheme, "--steps": steps, "--temperature": temperature, "--top-k": top_k,
+                "--top-p": top_p, "--cfg": cfg}
+    if preset is not None:
+        given_flags = [flag for flag, value in decoding.items() if value is not None]
+        if given_flags:
+            raise GenerateError(f"--preset {preset} sets how every target is decoded; drop {', '.join(given_flags)}")
+        settings = driver.Settings(seed=seed, preset=preset)
+    else:
+        settings = driver.Settings(scheme=scheme or "maskgit", num_steps=8 if steps is None else steps,
+                                   temperature=1.0 if temperature is None else temperature,
+                                   top_k=driver.top_k_value(top_k), top_p=top_p,
+                                   cfg_scale=1.0 if cfg is None else cfg, seed=seed)
     items = list(cond or [])
     stored = [c for c in items if "=" not in c] if from_store else []
     given = driver.given_conditions(run, [parse_assignment(c) for c in items if c not in stored])
@@ -534,7 +549,7 @@ def generate(
         result = driver.generate_sample(run, given, targets, settings, out_dir)
     count = result.get("num_samples", 1)
     note = f" [random weights: {', '.join(result['random_parts'])}]" if result.get("random_parts") else ""
-    typer.echo(f"generated {', '.join(targets)} for {count} sample(s) into {out_dir}{note}")
+    typer.echo(f"generated {', '.join(result['targets'])} for {count} sample(s) into {out_dir}{note}")
 
 
 def main_cli(argv: list[str] | None = None) -> Any:

@@ -50,6 +50,29 @@ class Settings:
     top_p: float | None = None
     cfg_scale: float = 1.0
     seed: int = 0
+    # a named preset (fm21.evaluate.presets.PRESETS: the reference's shipped defaults)
+    # decodes every target its own way instead of the fields above, in the preset's order
+    preset: str | None = None
+
+
+def resolve_targets(run: TrainedRun, targets: list[str], conditions: list[str], settings: Settings) -> list[str]:
+    """The targets to generate, in generation order, checked: as given, or with a preset
+    its chain order (every target of its chain the model has, when none is given)."""
+    if settings.preset is not None:
+        from fm21.evaluate.presets import PRESETS
+
+        if settings.preset not in PRESETS:
+            raise GenerateError(f"unknown preset {settings.preset!r} (presets: {', '.join(PRESETS)})")
+        chain = [s.target for s in PRESETS[settings.preset].steps]
+        outside = [t for t in targets if t not in chain]
+        if outside:
+            raise GenerateError(f"preset {settings.preset!r} has no step for {outside} (its chain: {chain})")
+        targets = [t for t in chain if t in targets] if targets else \
+            [t for t in chain if t in run.specs and run.specs[t].can_be_target and t not in conditions]
+        if not targets:
+            raise GenerateError(f"preset {settings.preset!r}: the model generates none of {chain} beyond the conditions")
+    check_targets(run, targets, conditions)
+    return targets
 
 
 def check_targets(run: TrainedRun, targets: list[str], conditions: list[str]) -> None:
@@ -77,6 +100,10 @@ def generate_tokens(model: Any, batch: list[list[Condition]], targets: list[str]
         md[name] = {"tensor": torch.cat([conds[j].tensor for conds in batch])}  # (B, ...)
         md = init_full_input(md, name, specs)
     gens = [torch.Generator().manual_seed(settings.seed) for _ in batch]
+    if settings.preset is not None:
+        from fm21.evaluate.presets import run_preset
+
+        return run_preset(model, md, settings.preset, targets=targets, generator=gens)
     for target in targets:
         md = init_empty_target(md, target, specs, batch_size=len(batch))
         md = generate(model, md, target=target, scheme=settings.scheme, num_steps=settings.num_steps,
@@ -89,7 +116,7 @@ def generate_sample(run: TrainedRun, conditions: list[Condition], targets: list[
                     out_dir: Path, *, title: str = "") -> dict[str, Any]:
     """Generate ``targets`` (chained) from ``conditions``; write every output, the grid and
     ``generation.json`` into ``out_dir``; return that summary."""
-    check_targets(run, targets, [c.name for c in conditions])
+    targets = resolve_targets(run, targets, [c.name for c in conditions], settings)
     md = generate_tokens(run.model, [conditions], targets, settings)
     return write_sample(run, conditions, targets, settings, {t: md[t]["tensor"] for t in targets}, out_dir,
                         title=title)
@@ -161,7 +188,7 @@ def generate_folder(run: TrainedRun, folder: Path, extra: list[Condition], targe
     """Every image of ``folder`` as the pixels condition (with the ``extra`` conditions),
     ``batch_size`` images per sampler call."""
     pixels = _pixels_name(run)
-    check_targets(run, targets, [pixels, *(c.name for c in extra)])
+    targets = resolve_targets(run, targets, [pixels, *(c.name for c in extra)], settings)
 
     def samples() -> Iterator[tuple[str, list[Condition]]]:
         for path in folder_images(folder):
@@ -204,7 +231,7 @@ def generate_from_store(run: TrainedRun, names: list[str], extra: list[Condition
     one of them form batches of their own), ``batch_size`` rows per sampler call."""
     for name in names:
         run.spec(name)
-    check_targets(run, targets, [*names, *(c.name for c in extra)])
+    targets = resolve_targets(run, targets, [*names, *(c.name for c in extra)], settings)
 
     def samples() -> Iterator[tuple[str, list[Condition]]]:
         for row in store_rows(run, names, where=where, limit=limit):

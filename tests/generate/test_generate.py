@@ -133,3 +133,32 @@ def test_a_stored_token_grid_condition_shows_its_decoded_map(tiny, tmp_path):
 
     tile = tile_of("depth", labels=cond.labels, text=cond.source, parsed=None, background=None)
     np.testing.assert_array_equal(tile, map_tile("depth", expected))  # drawn as a depth map
+
+
+def test_a_preset_decodes_each_target_its_way_in_its_chain_order(tiny, tmp_path):
+    """--preset rgb2x: with no --target, every target of the reference's chain the model
+    has, in the chain's order; the summary names the preset. Decoding flags clash with it."""
+    from fm21.evaluate.presets import PRESETS
+
+    work, files, run = tiny
+    result = _cli(work, "--cond", f"rgb={files / 'photos' / 'a.png'}", "--preset", "rgb2x", "--out", str(tmp_path / "p"))
+    assert result.exit_code == 0, result.output
+    summary = json.loads((tmp_path / "p" / "generation.json").read_text())
+    chain = [s.target for s in PRESETS["rgb2x"].steps]
+    assert summary["targets"] == [t for t in chain if t in ("tok_depth", "tok_semseg", "caption", "det",
+                                                            "color_palette", "metadata")]
+    assert summary["settings"]["preset"] == "rgb2x"
+    assert (tmp_path / "p" / "tok_depth.png").is_file() and (tmp_path / "p" / "caption.txt").is_file()
+    # given targets are checked as without a preset, then put in the chain's order
+    result = _cli(work, "--cond", "caption=a red cube", "--preset", "x2rgb", "--target", "caption", "--target",
+                  "tok_semseg", "--out", str(tmp_path / "q"))
+    assert result.exit_code == 2 and "both a condition and a target" in result.output
+    result = _cli(work, "--cond", "caption=a red cube", "--preset", "x2rgb", "--target", "det", "--target",
+                  "tok_semseg", "--out", str(tmp_path / "q"))
+    assert result.exit_code == 0, result.output
+    assert json.loads((tmp_path / "q" / "generation.json").read_text())["targets"] == ["tok_semseg", "det"]
+    for args, message in ((["--preset", "rgb2x", "--steps", "3"], "drop --steps"),
+                          (["--preset", "t2cr", "--target", "tok_depth"], "has no step for ['tok_depth']"),
+                          (["--preset", "nope"], "unknown preset 'nope'")):
+        result = _cli(work, "--cond", "caption=a cube", *args, "--out", str(tmp_path / "x"))
+        assert result.exit_code == 2 and message in result.output, result.output
