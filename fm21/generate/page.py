@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from fm21.evaluate.presets import PRESETS
 from fm21.generate.driver import GRID_FILE, Settings, generate_sample
 from fm21.generate.inputs import Condition, pixels_condition, read_condition
 from fm21.generate.run import GenerateError, TrainedRun
@@ -36,6 +37,7 @@ label{{margin-right:1em}} #grid{{max-width:100%;image-rendering:pixelated;margin
 <fieldset><legend>Conditions</legend>{inputs}</fieldset>
 <fieldset id="targets"><legend>Targets (generated in this order, each conditioning the next)</legend>{targets}</fieldset>
 <fieldset><legend>Sampling</legend>
+<label>preset <select id="preset"><option value="">none: the steps and temperature here</option>{presets}</select></label>
 <label>steps <input id="steps" type="number" value="8" min="1" style="width:4em"></label>
 <label>temperature <input id="temperature" type="number" value="1.0" step="0.1" style="width:4em"></label>
 <label>seed <input id="seed" type="number" value="0" style="width:5em"></label></fieldset>
@@ -49,6 +51,8 @@ document.getElementById('generate').onclick = async () => {{
   const body = {{targets: [...document.querySelectorAll('#targets input:checked')].map(e => e.value),
     steps: +document.getElementById('steps').value, temperature: +document.getElementById('temperature').value,
     seed: +document.getElementById('seed').value}};
+  const preset = document.getElementById('preset').value;
+  if (preset) body.preset = preset;
   const img = document.getElementById('image');
   if (img && img.files.length) body.image = await readImage(img.files[0]);
   const cap = document.getElementById('caption');
@@ -88,7 +92,10 @@ def render_page(run: TrainedRun) -> str:
                       for i, n in enumerate(n for n, s in run.specs.items() if s.can_be_target))
     parts = run.random_parts(list(run.specs))
     note = f' <span class="random">[random weights: {html.escape(", ".join(parts))}]</span>' if parts else ""
-    return PAGE.format(step=run.step, random_note=note, inputs="".join(fields) or "(none)", targets=targets)
+    presets = "".join(f'<option value="{html.escape(n)}">{html.escape(n)}: {html.escape(p.description)}</option>'
+                      for n, p in PRESETS.items())
+    return PAGE.format(step=run.step, random_note=note, inputs="".join(fields) or "(none)", targets=targets,
+                       presets=presets)
 
 
 def _data_url_image(url: str, size: int) -> np.ndarray:
@@ -137,8 +144,11 @@ def _generate(run: TrainedRun, body: dict, lock: threading.Lock) -> dict:
     if body.get("caption") and "caption" in inputs:
         conditions.append(read_condition(run, inputs["caption"], str(body["caption"])))
     try:
-        settings = Settings(num_steps=int(body.get("steps", 8)), temperature=float(body.get("temperature", 1.0)),
-                            seed=int(body.get("seed", 0)))
+        if body.get("preset"):  # the reference's decoding per target (the page's steps/temperature unused)
+            settings = Settings(seed=int(body.get("seed", 0)), preset=str(body["preset"]))
+        else:
+            settings = Settings(num_steps=int(body.get("steps", 8)), temperature=float(body.get("temperature", 1.0)),
+                                seed=int(body.get("seed", 0)))
     except (TypeError, ValueError) as err:
         raise GenerateError(f"bad sampling setting: {err}") from None
     targets = [str(t) for t in body.get("targets") or []]

@@ -53,6 +53,9 @@ def test_api_generates_and_refuses_bad_requests(page_url):
         assert ok.status_code == 200, ok.text
         body = ok.json()
         assert body["grid"].startswith("data:image/png;base64,") and body["random"]
+        preset = client.post("/api/generate", json={"caption": "a red cube", "targets": ["tok_semseg"],
+                                                     "preset": "x2rgb"})
+        assert preset.status_code == 200 and preset.json()["summary"]["settings"]["preset"] == "x2rgb"
         bad = client.post("/api/generate", json={"targets": ["tok_normal"]})
         assert bad.status_code == 400 and "not trained on 'tok_normal'" in bad.json()["detail"]
         broken = client.post("/api/generate", json={"image": "data:image/png;base64,AAAA", "targets": ["tok_depth"]})
