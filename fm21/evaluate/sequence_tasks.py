@@ -141,8 +141,7 @@ def posterior_word_sets(train_freq: np.ndarray, train_truth: list[tuple[set[str]
     share tau of its K samples name, tau (objects and colours each) the one that maximises
     the training rows' F1 -- the rule that picks the constant word set, applied to the
     posterior instead of the prior."""
-    keep = np.zeros(len(vocab), dtype=bool)
-    thresholds = np.zeros(len(vocab))
+    thresholds = np.full(len(vocab), np.inf)  # a word of neither part is never named
     for part, part_vocab in ((0, object_vocab), (1, colour_vocab)):
         cols = np.array([w in part_vocab for w in vocab])
         name = ("object_f1", "colour_f1")[part]
@@ -155,8 +154,7 @@ def posterior_word_sets(train_freq: np.ndarray, train_truth: list[tuple[set[str]
 
         taus = [(j + 1) / k for j in range(k)]
         thresholds[cols] = max(taus, key=lambda t: np.nan_to_num(f1(t), nan=-1.0))
-        keep |= cols
-    return [" ".join(w for w, f, t, c in zip(vocab, row, thresholds, keep) if c and f >= t) for row in freq]
+    return [" ".join(w for w, f, t in zip(vocab, row, thresholds) if f >= t) for row in freq]
 
 
 def evaluate_caption(model, rows, train_rows, *, target: str, source: str, text_tok, shard_paths, cfg) -> dict:
@@ -197,8 +195,10 @@ def evaluate_caption(model, rows, train_rows, *, target: str, source: str, text_
     posteriors = {n: mentions(t, words) for n, t in texts.items()}
     if cfg.caption_samples > 1:  # 4M's posterior of each mention, and its F1 decision
         fit_rows = [r for r in train_rows if r["key"] in truth][:len(rows)]
-        sampled = lambda rs: sampled_mentions(model, rs, source=source, target=target, text_tok=text_tok,  # noqa: E731
-                                              vocab=words, cfg=cfg)
+
+        def sampled(rs: list[dict]) -> np.ndarray:
+            return sampled_mentions(model, rs, source=source, target=target, text_tok=text_tok, vocab=words, cfg=cfg)
+
         name = samples_name(cfg.caption_samples)
         posteriors[name] = sampled(rows)
         texts[name] = posterior_word_sets(sampled(fit_rows), [truth[r["key"]] for r in fit_rows], posteriors[name],
