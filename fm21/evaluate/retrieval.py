@@ -19,7 +19,7 @@ import numpy as np
 
 from fm21.evaluate.conditioning import generate_ids
 from fm21.evaluate.metrics import cosine_distance, recall_at_k
-from fm21.store.vector_index import stored_vectors
+from fm21.store.vector_index import search, stored_vectors
 
 KS = (1, 5, 10)
 
@@ -28,16 +28,9 @@ def search_among(labels_uri, column: str, queries: np.ndarray, keys: Sequence[st
                  nprobes: int = 20, refine_factor: int = 10) -> list[list[str]]:
     """The ``k`` nearest of ``keys`` (cosine) to each query, through the column's index
     where it has one (exact scan otherwise), prefiltered to ``keys``."""
-    import lance
-
-    ds = lance.dataset(str(labels_uri))
     quoted = ", ".join("'" + key.replace("'", "''") + "'" for key in keys)
-    found = []
-    for q in np.atleast_2d(np.asarray(queries, dtype=np.float32)):
-        table = ds.to_table(columns=["key"], filter=f"key IN ({quoted})", prefilter=True, nearest={
-            "column": column, "q": q, "k": min(k, len(keys)), "metric": "cosine", "nprobes": nprobes,
-            "refine_factor": refine_factor})
-        found.append(table.column("key").to_pylist())
+    found, _ = search(labels_uri, column, queries, k=min(k, len(keys)), metric="cosine", nprobes=nprobes,
+                      refine_factor=refine_factor, where=f"key IN ({quoted})")
     return found
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import base64
 import logging
+import re
 from typing import Any, Callable
 
 from prefect.artifacts import (
@@ -39,16 +40,22 @@ def _image(path: Location, alt: str) -> str:
     return f"`{path}`"
 
 
+def artifact_key(*parts: str) -> str:
+    """``fm21-<parts>`` as Prefect accepts a key: lowercase letters, digits and dashes
+    (a count named after a task, "rgb from depth_gap_closed", has spaces)."""
+    return re.sub(r"-+", "-", re.sub(r"[^a-z0-9-]", "-", "-".join(("fm21", *parts)).lower())).strip("-")
+
+
 def _counts_tables(name: str, result: dict) -> None:
     counts = result.get("counts") or {}
     flat = [{"count": k, "value": v} for k, v in counts.items() if not isinstance(v, (dict, list))]
     state = "skipped (up to date)" if result.get("skipped") else f"ran in {result.get('seconds')} s"
-    create_table_artifact(key=f"fm21-{name}", table=flat or [{"count": "-", "value": "-"}],
+    create_table_artifact(key=artifact_key(name), table=flat or [{"count": "-", "value": "-"}],
                           description=f"fm21 stage {name}: {state}")
     for key, value in counts.items():
         if isinstance(value, dict) and all(not isinstance(v, (dict, list)) for v in value.values()):
             rows = [{"key": k, "value": v} for k, v in value.items()] or [{"key": "(none)", "value": 0}]
-            create_table_artifact(key=f"fm21-{name}-{key}".replace("_", "-").lower(), table=rows,
+            create_table_artifact(key=artifact_key(name, key), table=rows,
                                   description=f"fm21 stage {name}: {key}")
 
 

@@ -158,13 +158,15 @@ def search(
     metric: str = "cosine",
     nprobes: int = 20,
     refine_factor: int = 10,
+    where: str | None = None,
 ) -> tuple[list[list[str]], np.ndarray]:
     """The ``k`` nearest stored samples of each query: (keys (Q lists of k), distances (Q, k)).
 
     ``query_vectors``: (Q, dim) or (dim,), any float dtype (sent as float32). Without an
     index Lance scans the column (exact); with one it probes ``nprobes`` partitions and
     re-ranks ``k * refine_factor`` candidates exactly. Rows added after the index was
-    built are searched flat, so results cover the whole store.
+    built are searched flat, so results cover the whole store. ``where``: a Lance filter
+    applied before the search (prefilter), so the k nearest are k of the matching rows.
     """
     import lance
 
@@ -173,7 +175,7 @@ def search(
     keys: list[list[str]] = []
     distances = np.full((len(queries), k), np.nan, np.float32)
     for i, q in enumerate(queries):
-        table = ds.to_table(columns=["key", "_distance"], nearest={
+        table = ds.to_table(columns=["key", "_distance"], filter=where, prefilter=where is not None, nearest={
             "column": column, "q": q, "k": k, "metric": metric, "nprobes": nprobes, "refine_factor": refine_factor})
         keys.append(table.column("key").to_pylist())
         found = table.column("_distance").to_numpy()
