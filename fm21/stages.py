@@ -105,6 +105,15 @@ def upstream_manifests(workdir: Workdir, name: str) -> dict[str, dict]:
     return {dep: read_manifest(workdir.manifest(dep)) or {} for dep in UPSTREAM[name]}
 
 
+# A stage's code version: bump it when the stage's outputs change for the same config and
+# inputs (a new metric in the report, a fixed bug in a store), so that existing workdirs
+# re-run that stage and the stages after it, and no other. Absent: version 1, which adds
+# nothing to the fingerprint (the fingerprints of the stores built before it stay valid).
+CODE_VERSIONS: dict[str, int] = {
+    "evaluate": 2,  # 2: caption mention AUCs and K-sample words, X -> RGB structure_auc
+}
+
+
 def stage_fingerprint(cfg: FlowConfig, name: str, upstream: dict[str, dict] | None = None) -> str:
     if upstream is None:
         upstream = upstream_manifests(Workdir(cfg.workdir), name)
@@ -114,6 +123,8 @@ def stage_fingerprint(cfg: FlowConfig, name: str, upstream: dict[str, dict] | No
         "upstream": {dep: m.get("fingerprint") for dep, m in upstream.items()},
         "fm21": fm21.__version__,
     }
+    if CODE_VERSIONS.get(name, 1) > 1:
+        payload["code_version"] = CODE_VERSIONS[name]
     if name != "ingest":  # ingest does not depend on the modality set
         payload["modalities"] = cfg.modalities.model_dump(mode="json")
         payload["seed"] = cfg.seed
