@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fm21.modalities import ModalitySpec
 from fm21.store.fs import Location
 from fm21.store.layout import Workdir
 from fm21.train.checkpoint import load_checkpoint, resolve_latest
+
+if TYPE_CHECKING:
+    import torch
 
 MAP_KINDS = ("image_tokens", "feature_tokens")  # token kinds that decode to a label map
 TEXT_DIR = "text"  # tokenizers/<TEXT_DIR>: the shared WordPiece tokenizer (fm21.tokenize.stage)
@@ -56,12 +59,12 @@ class TrainedRun:
             self._tokenizers[name] = load_tokenizer(folder)
         return self._tokenizers[name]
 
-    def decode_map(self, name: str, ids: Any) -> Any:
+    def decode_map(self, name: str, ids: torch.Tensor) -> Any:
         """The label map a ``(1, N)`` grid of ``name`` token ids decodes to (what a grid
         tile shows of it), for the kinds whose tokens decode to a map."""
         if self.spec(name).kind not in MAP_KINDS:
             raise GenerateError(f"{name}: its tokens do not decode to a map")
-        return self.tokenizer(name).decode_labels(ids.numpy() if hasattr(ids, "numpy") else ids)[0]
+        return self.tokenizer(name).decode_labels(ids.numpy())[0]
 
     @property
     def text(self) -> Any:
